@@ -1,0 +1,24 @@
+"""EmerDiff: pixel-level segmentation from Stable Diffusion's own features, no training.
+
+    from emerdiff import EmerDiffSegmenter, EmerDiffConfig
+    segmenter = EmerDiffSegmenter.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    result = segmenter.segment(image)        # result.labels: H x W ids in 0..K-1
+
+See shared/spec/emerdiff-method.md for the method as implemented here.
+"""
+
+from emerdiff.config import EmerDiffConfig
+from emerdiff.segmentation import Segment, Segmentation
+
+__all__ = ["EmerDiffConfig", "EmerDiffSegmenter", "ModelLoadError", "Segment", "Segmentation"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The segmenter pulls in torch and diffusers; keep `import emerdiff` light for tools that only
+    # read results.
+    if name in ("EmerDiffSegmenter", "ModelLoadError"):
+        from emerdiff import segmenter
+
+        return getattr(segmenter, name)
+    raise AttributeError(f"module 'emerdiff' has no attribute {name!r}")

@@ -1,0 +1,115 @@
+"""EmerDiffConfig: every knob of the method in one frozen, validated, serialisable object.
+
+Defaults follow ``shared/spec/emerdiff-method.md``; each field's ``help`` metadata is what the
+command line shows, so the CLIs build their flags from this class instead of listing them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+
+
+def _field(default: Any, help: str, *, hashed: bool = True) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "hashed": hashed})
+
+
+@dataclasses.dataclass(frozen=True)
+class EmerDiffConfig:
+    num_masks: int = _field(30, "K, the number of low-resolution k-means masks (paper: 10-40 all work).")
+    resolution: int = _field(512, "Side of the square the image is resized to before encoding (multiple of 64).")
+    feature_timestep: int = _field(1, "Timestep t_f of the single UNet pass whose query features are clustered.")
+    modulation_timestep: int = _field(281, "Timestep t_m where denoising starts and the modulation is applied; must lie on the sampler's grid.")
+    modulation_strength: float = _field(10.0, "Lambda: the value added to (+) and subtracted from (-) the layer output inside a mask.")
+    num_inference_steps: int = _field(50, "DDIM steps over the full 1000-step schedule; with 50, denoising from 281 takes 15 steps.")
+    feature_layer: str = _field(DEFAULT_LAYER, "diffusers module path of the attention layer whose to_q output is clustered.")
+    modulation_layer: str = _field(DEFAULT_LAYER, "diffusers module path of the cross-attention layer whose output is modulated.")
+    attention_injection: bool = _field(True, "Inject the reference run's attention query/key into every attention layer of the modulated runs.")
+    blur_kernel_size: int = _field(5, "Side of the Gaussian kernel applied to each difference map (odd; 1 disables the blur).")
+    blur_sigma: float = _field(3.0, "Standard deviation of that Gaussian, in pixels at the working resolution.")
+    kmeans_iterations: int = _field(100, "Maximum Lloyd iterations of k-means (it stops earlier once assignments settle).")
+    seed: int = _field(0, "Seed of the image noise and the k-means initialisation; an image's result depends only on it.")
+    chunk_size: int | None = _field(
+        None,
+        "Modulated trajectories per UNet batch (even). Unset: chosen from free device memory. Does not change results.",
+        hashed=False,
+    )
+
+    def __post_init__(self) -> None:
+        problems = list(_problems(self))
+        if problems:
+            raise ValueError("Invalid EmerDiffConfig: " + "; ".join(problems))
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EmerDiffConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown EmerDiffConfig field(s) {unknown}; valid fields are {sorted(names)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EmerDiffConfig:
+        """Read a JSON or YAML file holding (some of) the fields; the rest keep their defaults."""
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"Config file {path} must hold a mapping of field names to values, got {type(values).__name__}.")
+        return cls.from_dict(values)
+
+    def replace(self, **changes: Any) -> EmerDiffConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def config_hash(self) -> str:
+        """Stable hash of every field that changes results (execution-only fields such as chunk_size excluded)."""
+        hashed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["hashed"]}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _problems(config: EmerDiffConfig):
+    def positive_int(name: str):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            yield f"{name} must be a positive integer, got {value!r}"
+
+    for name in ("num_masks", "resolution", "num_inference_steps", "blur_kernel_size", "kmeans_iterations"):
+        yield from positive_int(name)
+    if isinstance(config.resolution, int) and config.resolution % 64:
+        yield f"resolution must be a multiple of 64 (the UNet downsamples the latent 3 times), got {config.resolution}"
+    for name in ("feature_timestep", "modulation_timestep"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 999:
+            yield f"{name} must be an integer timestep in 0..999, got {value!r}"
+    if isinstance(config.blur_kernel_size, int) and config.blur_kernel_size % 2 == 0:
+        yield f"blur_kernel_size must be odd so the blur is centred, got {config.blur_kernel_size}"
+    if not isinstance(config.blur_sigma, (int, float)) or config.blur_sigma <= 0:
+        yield f"blur_sigma must be > 0, got {config.blur_sigma!r}"
+    if not isinstance(config.modulation_strength, (int, float)) or isinstance(config.modulation_strength, bool):
+        yield f"modulation_strength must be a number, got {config.modulation_strength!r}"
+    if not isinstance(config.attention_injection, bool):
+        yield f"attention_injection must be true or false, got {config.attention_injection!r}"
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+        yield f"seed must be a non-negative integer, got {config.seed!r}"
+    for name in ("feature_layer", "modulation_layer"):
+        if not isinstance(getattr(config, name), str) or not getattr(config, name):
+            yield f"{name} must be a diffusers module path such as {DEFAULT_LAYER!r}"
+    chunk = config.chunk_size
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2 or chunk % 2):
+        yield f"chunk_size must be an even integer >= 2 (a +lambda/-lambda pair at least) or unset, got {chunk!r}"

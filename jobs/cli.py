@@ -1,0 +1,83 @@
+"""The ``emerdiff`` command line: one subcommand per module in ``jobs/``.
+
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and can also be
+started on its own (``python -m jobs.label ...``, e.g. under ``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help); modules are imported lazily so `emerdiff --help` stays fast.
+SUBCOMMANDS = {
+    "label": ("jobs.label", "Label WebDataset shards into Parquet on any fsspec store (the main job)."),
+    "segment": ("jobs.segment", "Segment a few image files and write label, overlay and JSON per image."),
+    "make-shards": ("jobs.make_shards", "Pack images (and optional ground truth) into WebDataset shards."),
+    "preview": ("jobs.preview", "Write a self-contained HTML gallery of labelled rows."),
+    "evaluate": ("jobs.evaluate", "mIoU and pixel accuracy of labels against ground truth."),
+    "export": ("jobs.export", "Export labels as PNG folders, COCO JSON or a Hugging Face dataset."),
+    "cluster": ("jobs.cluster", "Cluster segment embeddings into dataset-wide classes."),
+    "inspect": ("jobs.inspect", "Summarise a labelling output: shards, rows, errors, model, config."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emerdiff", description="EmerDiff pseudo-labelling at scale.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=help_text, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    return args.run(args)
+
+
+def run_module(module_name: str, argv: Sequence[str] | None = None) -> int:
+    """Entry for ``python -m jobs.<name>``: that subcommand alone, same flags."""
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    return module.run(args)
+
+
+def exit_cleanly(code: int) -> None:
+    """Flush and leave without running interpreter teardown.
+
+    Processes that read Parquet through fsspec with pyarrow 26 can abort during teardown
+    ("terminate called without an active exception", exit 134), which a caller would see as a
+    failed job; everything worth keeping is flushed here first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entrypoint() -> None:
+    """The installed ``emerdiff`` console script."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    exit_cleanly(code)
