@@ -1,0 +1,225 @@
+"""EmerDiffSegmenter: image(s) in, label maps out (shared/spec/emerdiff-method.md)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emerdiff.attention import layer_grid_side
+from emerdiff.config import EmerDiffConfig
+from emerdiff.denoising import Denoiser, ddim_scheduler
+from emerdiff.images import resize_labels, to_model_input, to_rgb
+from emerdiff.kmeans import kmeans
+from emerdiff.loading import ModelLoadError, StableDiffusionParts, load_parts, resolve_device, resolve_dtype
+from emerdiff.maps import confidence_margin, gaussian_blur, mean_per_label, segment_embeddings
+from emerdiff.segmentation import Segmentation, segment_statistics
+
+__all__ = ["EmerDiffSegmenter", "ModelLoadError"]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Image.Image | np.ndarray
+_CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
+_MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
+
+
+class EmerDiffSegmenter:
+    def __init__(self, parts: StableDiffusionParts, config: EmerDiffConfig, device: torch.device, dtype: torch.dtype):
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self._parts = parts
+        # Parts arrive in their final dtype (load_parts); casting here would bypass diffusers' dtype rules.
+        self.vae = parts.vae.to(device).eval().requires_grad_(False)
+        unet = parts.unet.to(device).eval().requires_grad_(False)
+        text_encoder = parts.text_encoder.to(device).eval().requires_grad_(False)
+        prompt = _empty_prompt_embedding(parts.tokenizer, text_encoder, device)
+        self.denoiser = Denoiser(unet, ddim_scheduler(parts.scheduler_config), prompt, config)
+        self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
+        self._per_run_bytes: int | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        config: EmerDiffConfig | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        allow_pickle: bool = False,
+    ) -> EmerDiffSegmenter:
+        """Load a Stable Diffusion 1.x/2.x model; see ``emerdiff.loading.load_parts`` for ``source``.
+
+        Device defaults to CUDA when present, else CPU; dtype to float16 on CUDA, float32 on CPU.
+        Raises ModelLoadError (with what to pass instead) when the model cannot be loaded, and
+        ValueError when the config does not fit the model (e.g. an unknown layer name).
+        """
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        parts = load_parts(source, dtype, allow_pickle=allow_pickle)
+        return cls(parts, config or EmerDiffConfig(), device, dtype)
+
+    @functools.cached_property
+    def model_info(self) -> dict:
+        return {
+            "model": self._parts.source,
+            "weights_sha256": self._parts.weights_sha256(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+        }
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def segment(self, image: ImageLike) -> Segmentation:
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[ImageLike]) -> list[Segmentation]:
+        """Segment several images; each result is what ``segment`` would give it alone."""
+        pictures = [to_rgb(image) for image in images]
+        with torch.inference_mode():
+            latents, noise = self._encode(pictures)
+            features = self.denoiser.query_features(latents, noise)  # (batch, tokens, channels)
+            return [
+                self._upsample(picture, latents[i : i + 1], noise[i : i + 1], features[i],
+                               self._lowres_labels(features[i]), self.config.num_masks)
+                for i, picture in enumerate(pictures)
+            ]
+
+    def upsample(self, image: ImageLike, lowres_labels: np.ndarray) -> Segmentation:
+        """The modulated-denoising stage alone, from low-resolution labels the caller supplies.
+
+        ``lowres_labels``: an (h, w) map of non-negative integer ids, any grid size (it is resampled
+        to the modulation layer's token grid by nearest neighbour). Ids 0..max become the masks.
+        """
+        lowres = _checked_lowres(lowres_labels)
+        picture = to_rgb(image)
+        with torch.inference_mode():
+            latents, noise = self._encode([picture])
+            features = self.denoiser.query_features(latents, noise)[0]
+            lowres_ids = torch.from_numpy(lowres).to(self.device)
+            return self._upsample(picture, latents, noise, features, lowres_ids, int(lowres.max()) + 1)
+
+    # -- the method, step by step ----------------------------------------------------------------
+
+    def _encode(self, pictures: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        # 1. Input: resize, normalise, VAE posterior mean scaled by the model's factor.
+        pixels = torch.cat([to_model_input(p, self.config.resolution) for p in pictures])
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        # 5. One noise sample per image, drawn on the CPU from the seed alone (determinism conventions).
+        generator = torch.Generator("cpu").manual_seed(self.config.seed)
+        noise = torch.randn(latents.shape[1:], generator=generator, dtype=torch.float32)
+        noise = noise.to(device=self.device, dtype=self.dtype).expand_as(latents)
+        return latents, noise
+
+    def _lowres_labels(self, features: torch.Tensor) -> torch.Tensor:
+        # 4. Low-res masks: k-means on the feature tokens, as an (h, w) grid.
+        assignment = kmeans(features, self.config.num_masks, self.config.kmeans_iterations, self.config.seed)
+        side = _grid_side(features.shape[0])
+        return assignment.view(side, side)
+
+    def _upsample(self, picture: Image.Image, latent, noise, features, lowres: torch.Tensor, num_masks: int) -> Segmentation:
+        masks = self._token_masks(lowres, num_masks)  # (K, tokens)
+        start = self.denoiser.noised(latent, noise, self.config.modulation_timestep)
+        differences = self._difference_maps(start, masks)  # (K, R, R)
+        # 10-11. Blur, then each pixel goes to the mask whose nudge changed it most (ties: lowest id).
+        blurred = gaussian_blur(differences, self.config.blur_kernel_size, self.config.blur_sigma)
+        labels = blurred.argmax(dim=0)  # (R, R)
+        scores = mean_per_label(confidence_margin(blurred), labels, num_masks)
+        embeddings = segment_embeddings(labels, features, num_masks)  # 12.
+        full = resize_labels(labels.cpu().numpy().astype(np.int32), picture.height, picture.width)
+        area, bbox = segment_statistics(full, num_masks)
+        return Segmentation(
+            labels=full,
+            lowres_labels=lowres.cpu().numpy().astype(np.int32),
+            embeddings=embeddings.cpu().numpy().astype(np.float32),
+            area=area,
+            bbox=bbox,
+            score=scores.cpu().numpy().astype(np.float32),
+        )
+
+    def _token_masks(self, lowres: torch.Tensor, num_masks: int) -> torch.Tensor:
+        """(K, tokens) binary masks on the modulation layer's grid, flattened row-major (spec step 8)."""
+        side = self._modulation_side
+        if tuple(lowres.shape) != (side, side):
+            lowres = torch.from_numpy(resize_labels(lowres.cpu().numpy(), side, side)).to(self.device)
+        ids = torch.arange(num_masks, device=self.device)
+        return (lowres.reshape(1, -1) == ids[:, None]).to(torch.float32)
+
+    def _difference_maps(self, start: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(K, R, R) float32 ||I- - I+|| per pixel for every mask; zero for empty masks (spec steps 8-10)."""
+        resolution = self.config.resolution
+        differences = torch.zeros(masks.shape[0], resolution, resolution, device=self.device)
+        present = torch.nonzero(masks.sum(dim=1) > 0).flatten().tolist()
+        if not present:
+            return differences
+        if self.config.attention_injection:
+            self.denoiser.reference_run(start)
+        strength = self.config.modulation_strength
+        # Runs ordered (+M0, -M0, +M1, -M1, ...) so every even-sized chunk holds whole pairs.
+        signs = torch.tensor([strength, -strength], device=self.device)
+        modulations = (signs[None, :, None] * masks[present][:, None, :]).reshape(2 * len(present), -1)
+        chunk = self._chunk_size(len(modulations))
+        for first in range(0, len(modulations), chunk):
+            images = self._decode(self.denoiser.modulated_runs(start, modulations[first : first + chunk]))
+            pair_ids = present[first // 2 : (first + chunk) // 2]
+            differences[pair_ids] = (images[1::2] - images[0::2]).pow(2).sum(dim=1).sqrt()
+        return differences
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        # 9. Decode, clamp to [-1, 1], and work in float32 from here on.
+        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return images.float().clamp(-1.0, 1.0)
+
+    def _chunk_size(self, runs: int) -> int:
+        if self.config.chunk_size is not None:
+            return self.config.chunk_size
+        if self.device.type != "cuda":
+            return min(runs, _CPU_CHUNK)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_run = self._measured_bytes_per_run()
+        fitting = int(free * _MEMORY_HEADROOM // per_run) // 2 * 2
+        return max(2, min(runs, fitting))
+
+    def _measured_bytes_per_run(self) -> int:
+        """Peak device memory of one modulated run plus its decode, measured once with a batch of 2."""
+        if self._per_run_bytes is None:
+            torch.cuda.synchronize(self.device)
+            baseline = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            side = self.config.resolution // 8
+            start = torch.zeros(1, 4, side, side, device=self.device, dtype=self.dtype)
+            tokens = self._modulation_side ** 2
+            self.denoiser.reference_run(start)
+            self._decode(self.denoiser.modulated_runs(start, torch.zeros(2, tokens, device=self.device)))
+            self._per_run_bytes = max(1, (torch.cuda.max_memory_allocated(self.device) - baseline) // 2)
+        return self._per_run_bytes
+
+
+def _grid_side(tokens: int) -> int:
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise ValueError(f"expected a square token grid, got {tokens} tokens")
+    return side
+
+
+def _checked_lowres(lowres_labels) -> np.ndarray:
+    array = np.asarray(lowres_labels)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"lowres_labels must be a non-empty (h, w) array, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer) or array.min() < 0:
+        raise ValueError("lowres_labels must hold non-negative integer ids")
+    if array.max() >= 65536:
+        raise ValueError(f"lowres_labels ids must be < 65536, got {array.max()}")
+    return array.astype(np.int64)
+
+
+def _empty_prompt_embedding(tokenizer, text_encoder, device: torch.device) -> torch.Tensor:
+    # 2. The empty prompt, padded to model_max_length; its last hidden state, computed once per model.
+    tokens = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        return text_encoder(tokens.input_ids.to(device))[0]
