@@ -16,6 +16,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -80,6 +81,13 @@ def load_parts(source: str, dtype: torch.dtype, allow_pickle: bool = False) -> S
     if path.is_file():
         return _load_single_file(path, dtype, allow_pickle)
     if path.is_dir():
+        missing = [part for part in FOLDER_PARTS if not (path / part).is_dir()]
+        if missing:
+            raise ModelLoadError(
+                f"{source!r} is not a complete diffusers folder: it lacks {', '.join(p + '/' for p in missing)}. "
+                f"A Stable Diffusion folder has {', '.join(p + '/' for p in FOLDER_PARTS)} (as saved by "
+                "StableDiffusionPipeline.save_pretrained); for a single .safetensors checkpoint pass the file itself."
+            )
         return _load_folder(str(path), source, dtype, allow_pickle)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelLoadError(

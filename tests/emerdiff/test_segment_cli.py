@@ -1,0 +1,47 @@
+"""`emerdiff segment`: label PNG, overlay and JSON per image, and usage errors that teach."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from jobs.cli import run_module
+
+
+def test_writes_labels_overlay_and_json_for_a_real_photo(tiny_model, tmp_path, photos, capsys):
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(photos["astronaut"]).save(photo)
+    out = tmp_path / "out"
+    code = run_module("jobs.segment", [str(photo), "--out", str(out), "--model", str(tiny_model),
+                                       "--device", "cpu", "--num-masks", "4", "--resolution", "128"])
+    assert code == 0
+    labels = np.asarray(Image.open(out / "astronaut.labels.png"))
+    overlay = Image.open(out / "astronaut.overlay.png")
+    summary = json.loads((out / "astronaut.json").read_text())
+    assert labels.shape == (512, 512) and labels.max() < 4
+    assert overlay.size == (512, 512) and overlay.mode == "RGB"
+    assert summary["config"]["num_masks"] == 4 and summary["config"]["resolution"] == 128
+    assert summary["num_segments"] == len(np.unique(labels)) == len(summary["segments"])
+    assert sum(s["area"] for s in summary["segments"]) == 512 * 512
+
+
+def test_a_bad_flag_value_is_a_usage_error(tiny_model, tmp_path, capsys):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tiny_model), "--resolution", "100"])
+    assert code == 2
+    assert "resolution must be a multiple of 64" in capsys.readouterr().err
+
+
+def test_a_missing_image_is_a_usage_error(tmp_path, capsys):
+    code = run_module("jobs.segment", [str(tmp_path / "nope.jpg"), "--out", str(tmp_path), "--model", "tiny"])
+    assert code == 2
+    assert "no such image file(s)" in capsys.readouterr().err
+
+
+def test_a_bad_model_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tmp_path / "missing")])
+    assert code == 2
+    assert "neither an existing file or folder nor a Hub id" in capsys.readouterr().err
