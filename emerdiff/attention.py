@@ -4,12 +4,17 @@ One ``EmerDiffAttnProcessor`` sits in every attention layer of the UNet and read
 from a shared ``AttentionState``:
 
 - ``features``: the feature layer stores ``to_q(hidden_states)`` and stops the forward pass;
-- ``record``:   the reference run; self-attention layers keep their query and key per step,
-                cross-attention layers their output (with the constant empty prompt, that output
-                is all a modulated run would recompute; spec "Where the cost is");
-- ``inject``:   modulated runs; self-attention uses the recorded query/key with the run's own
-                value, cross-attention reuses the recorded output;
+- ``record``:   the reference run; self-attention layers keep their query and key per step (or
+                their attention probabilities, see below), cross-attention layers their output
+                (with the constant empty prompt, that output is all a modulated run would
+                recompute; spec "Where the cost is");
+- ``inject``:   modulated runs; self-attention uses the recorded query/key (or probabilities)
+                with the run's own value, cross-attention reuses the recorded output;
 - ``plain``:    stock attention (runs without injection).
+
+Replaying probabilities instead of query/key gives the same maps (spec step 7) and skips the
+QK^T product in every modulated run: it halves the attention work, at N^2 memory per head. Layers
+listed in ``state.probability_layers`` replay probabilities; ``probability_layers()`` picks them.
 
 In every mode the modulation layer adds ``state.modulation`` (batch, tokens, 1) to its output
 at the first denoising step, after ``to_out`` and before the block's residual add (spec step 8).
@@ -36,12 +41,15 @@ class AttentionState:
     step: int = 0
     modulation: torch.Tensor | None = None  # (batch, tokens, 1), applied at step 0
     features: torch.Tensor | None = None  # (batch, tokens, channels)
+    probability_layers: frozenset[str] = frozenset()
     query_key: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = dataclasses.field(default_factory=dict)
+    probabilities: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
     outputs: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
 
     def start(self, mode: Mode, modulation: torch.Tensor | None = None) -> None:
         if mode == "record":
             self.query_key.clear()
+            self.probabilities.clear()
             self.outputs.clear()
         self.mode, self.step, self.modulation, self.features = mode, 0, modulation, None
 
@@ -78,6 +86,28 @@ def layer_grid_side(unet: torch.nn.Module, name: str, resolution: int) -> int:
     else:
         raise ValueError(f"cannot tell the token grid of layer {name!r}: expected a down_blocks, mid_block or up_blocks path")
     return resolution // 8 // 2**depth
+
+
+def probability_layers(unet: torch.nn.Module, resolution: int, steps: int, replay: str,
+                       budget_bytes: int, element_bytes: int) -> frozenset[str]:
+    """Self-attention layers whose reference run stores probabilities instead of query/key.
+
+    ``replay``: "query_key" (none), "probabilities" (all), or "auto": the layers where the
+    probabilities take no more memory than query and key (heads * tokens <= 2 * channels, the
+    coarse layers), and every layer when the whole store fits in ``budget_bytes``.
+    """
+    if replay == "query_key":
+        return frozenset()
+    sizes = {}  # name -> (probability bytes, query/key bytes) over all steps
+    for name in attention_layer_names(unet):
+        if name.endswith("attn1"):
+            attn = unet.get_submodule(name)
+            tokens = layer_grid_side(unet, name, resolution) ** 2
+            channels = attn.to_q.out_features
+            sizes[name] = (steps * attn.heads * tokens**2 * element_bytes, steps * 2 * tokens * channels * element_bytes)
+    if replay == "probabilities" or sum(p for p, _ in sizes.values()) <= budget_bytes:
+        return frozenset(sizes)
+    return frozenset(name for name, (probabilities, query_key) in sizes.items() if probabilities <= query_key)
 
 
 def install_processors(unet: torch.nn.Module, state: AttentionState, feature_layer: str, modulation_layer: str) -> None:
@@ -134,24 +164,48 @@ class EmerDiffAttnProcessor:
         query = split_heads(attn.to_q(hidden_states), attn.heads)  # (batch, heads, tokens, head_dim)
         key = split_heads(attn.to_k(context), attn.heads)
         value = split_heads(attn.to_v(context), attn.heads)
+        state = self.state
+        if state.mode == "record" and self.name in state.probability_layers:
+            probabilities = attention_probabilities(query, key)
+            state.probabilities.setdefault(self.name, []).append(probabilities)
+            return project_out(attn, apply_probabilities(probabilities, value))
         output = project_out(attn, F.scaled_dot_product_attention(query, key, value))
-        if self.state.mode == "record":
-            if is_cross:
-                self.state.outputs.setdefault(self.name, []).append(output)
-            else:
-                self.state.query_key.setdefault(self.name, []).append((query, key))
+        if state.mode == "record" and is_cross:
+            state.outputs.setdefault(self.name, []).append(output)
+        elif state.mode == "record":
+            state.query_key.setdefault(self.name, []).append((query, key))
         return output
 
     def _injected_attention(self, attn, hidden_states) -> torch.Tensor:
-        batch = hidden_states.shape[0]
-        query, key = self.state.query_key[self.name][self.state.step]  # (1, heads, tokens, head_dim)
+        state = self.state
         value = split_heads(attn.to_v(hidden_states), attn.heads)
+        if self.name in state.probability_layers:
+            return project_out(attn, apply_probabilities(state.probabilities[self.name][state.step], value))
+        query, key = state.query_key[self.name][state.step]  # (1, heads, tokens, head_dim)
+        batch = hidden_states.shape[0]
         # expand() broadcasts the recorded query/key over the batch without copying them.
         attended = F.scaled_dot_product_attention(query.expand(batch, -1, -1, -1), key.expand(batch, -1, -1, -1), value)
         return project_out(attn, attended)
 
     def _recorded_output(self, batch: int) -> torch.Tensor:
         return self.state.outputs[self.name][self.state.step].expand(batch, -1, -1)
+
+
+def attention_probabilities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """(1, heads, tokens, tokens) softmax(QK^T / sqrt(d)), the softmax taken in float32."""
+    logits = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+
+
+def apply_probabilities(probabilities: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, tokens, head_dim) P V for one shared P, as a single GEMM per head.
+
+    The batch is folded into the value's columns, so P is read once and never expanded.
+    """
+    batch, heads, tokens, head_dim = value.shape
+    columns = value.permute(1, 2, 0, 3).reshape(heads, tokens, batch * head_dim)
+    attended = torch.bmm(probabilities[0], columns)  # (heads, tokens, batch * head_dim)
+    return attended.view(heads, tokens, batch, head_dim).permute(2, 0, 1, 3)
 
 
 def split_heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:

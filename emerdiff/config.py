@@ -10,8 +10,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+Replay = Literal["auto", "query_key", "probabilities"]
 DEFAULT_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
 
 
@@ -34,6 +35,13 @@ class EmerDiffConfig:
     blur_sigma: float = _field(3.0, "Standard deviation of that Gaussian, in pixels at the working resolution.")
     kmeans_iterations: int = _field(100, "Maximum Lloyd iterations of k-means (it stops earlier once assignments settle).")
     seed: int = _field(0, "Seed of the image noise and the k-means initialisation; an image's result depends only on it.")
+    attention_replay: Replay = _field(
+        "auto",
+        "What the reference run stores for self-attention injection: 'query_key' (least memory), "
+        "'probabilities' (half the attention work, N^2 memory per head) or 'auto' (probabilities where "
+        "they fit). Does not change results.",
+        hashed=False,
+    )
     chunk_size: int | None = _field(
         None,
         "Modulated trajectories per UNet batch (even). Unset: chosen from free device memory. Does not change results.",
@@ -110,6 +118,9 @@ def _problems(config: EmerDiffConfig):
     for name in ("feature_layer", "modulation_layer"):
         if not isinstance(getattr(config, name), str) or not getattr(config, name):
             yield f"{name} must be a diffusers module path such as {DEFAULT_LAYER!r}"
+    replay_choices = get_args(Replay)
+    if config.attention_replay not in replay_choices:
+        yield f"attention_replay must be one of {list(replay_choices)}, got {config.attention_replay!r}"
     chunk = config.chunk_size
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2 or chunk % 2):
         yield f"chunk_size must be an even integer >= 2 (a +lambda/-lambda pair at least) or unset, got {chunk!r}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors
+from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors, probability_layers
 from emerdiff.config import EmerDiffConfig
 
 
@@ -37,15 +37,19 @@ def denoising_timesteps(scheduler, config: EmerDiffConfig) -> list[int]:
 class Denoiser:
     """A UNet with EmerDiff's attention processors installed, and the runs built on it."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler, prompt_embedding: torch.Tensor, config: EmerDiffConfig):
+    def __init__(self, unet: torch.nn.Module, scheduler, prompt_embedding: torch.Tensor, config: EmerDiffConfig,
+                 replay_budget_bytes: int = 0):
         check_layer(unet, config.feature_layer, "feature_layer")
         check_layer(unet, config.modulation_layer, "modulation_layer")
         self.unet = unet
         self.scheduler = scheduler
         self.prompt_embedding = prompt_embedding  # (1, 77, text_channels)
         self.config = config
-        self.state = AttentionState()
         self.timesteps = denoising_timesteps(scheduler, config)
+        self.state = AttentionState(probability_layers=probability_layers(
+            unet, config.resolution, len(self.timesteps), config.attention_replay, replay_budget_bytes,
+            prompt_embedding.element_size(),
+        ))
         install_processors(unet, self.state, config.feature_layer, config.modulation_layer)
 
     def noised(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ def kmeans(points: torch.Tensor, num_clusters: int, iterations: int, seed: int) 
             "lower num_masks or raise resolution."
         )
     points = points.float()
-    centres = _kmeans_plus_plus(points, num_clusters, torch.Generator("cpu").manual_seed(seed))
+    centres = kmeans_plus_plus(points, num_clusters, torch.Generator("cpu").manual_seed(seed))
     assignment = _nearest(points, centres)
     for _ in range(iterations):
         centres = _cluster_means(points, assignment, centres)
@@ -41,7 +41,8 @@ def _cluster_means(points: torch.Tensor, assignment: torch.Tensor, previous: tor
     return torch.where(counts > 0, sums / counts.clamp_min(1), previous)
 
 
-def _kmeans_plus_plus(points: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans_plus_plus(points: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
+    """Initial centres (num_clusters, C): each drawn with probability proportional to its squared distance to the nearest chosen one."""
     count = points.shape[0]
     chosen = [int(torch.randint(count, (1,), generator=generator))]
     nearest_sq = ((points - points[chosen[0]]) ** 2).sum(-1)

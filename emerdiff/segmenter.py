@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray
 _CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
 _MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
+_REPLAY_SHARE = 0.25  # fraction of free memory the stored attention probabilities may take
 
 
 class EmerDiffSegmenter:
@@ -39,7 +40,7 @@ class EmerDiffSegmenter:
         unet = parts.unet.to(device).eval().requires_grad_(False)
         text_encoder = parts.text_encoder.to(device).eval().requires_grad_(False)
         prompt = _empty_prompt_embedding(parts.tokenizer, text_encoder, device)
-        self.denoiser = Denoiser(unet, ddim_scheduler(parts.scheduler_config), prompt, config)
+        self.denoiser = Denoiser(unet, ddim_scheduler(parts.scheduler_config), prompt, config, _replay_budget(device))
         self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
         self._per_run_bytes: int | None = None
 
@@ -198,6 +199,17 @@ class EmerDiffSegmenter:
             self._decode(self.denoiser.modulated_runs(start, torch.zeros(2, tokens, device=self.device)))
             self._per_run_bytes = max(1, (torch.cuda.max_memory_allocated(self.device) - baseline) // 2)
         return self._per_run_bytes
+
+
+def _replay_budget(device: torch.device) -> int:
+    """Bytes the reference run may spend on stored attention probabilities (attention_replay='auto')."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * _REPLAY_SHARE)
+    if device.type == "cpu":
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * _REPLAY_SHARE)
+    return 0
 
 
 def _grid_side(tokens: int) -> int:

@@ -21,7 +21,14 @@ def _flag_type(field: dataclasses.Field):
     base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
     if base is bool:
         return _parse_bool
+    if typing.get_origin(base) is typing.Literal:
+        return str
     return base
+
+
+def _choices(field: dataclasses.Field):
+    hint = typing.get_type_hints(EmerDiffConfig)[field.name]
+    return list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else None
 
 
 def _parse_bool(text: str) -> bool:
@@ -41,6 +48,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             "--" + field.name.replace("_", "-"),
             dest=f"config_{field.name}",
             type=_flag_type(field),
+            choices=_choices(field),
             default=None,
             metavar="BOOL" if _flag_type(field) is _parse_bool else None,
             help=f"{field.metadata['help']} (default: {field.default})",

@@ -36,11 +36,14 @@ def test_zero_strength_gives_identical_images_and_zero_differences(tiny_model, t
     assert torch.count_nonzero(segmenter._difference_maps(start, masks)) == 0
 
 
+@pytest.mark.parametrize("replay", ["query_key", "probabilities"])
 @torch.inference_mode()
-def test_injecting_the_reference_attention_reproduces_the_reference_latents(tiny_segmenter, photos):
-    denoiser = tiny_segmenter.denoiser
-    start = _start(tiny_segmenter, photos["astronaut"])
-    tokens = tiny_segmenter._modulation_side ** 2
+def test_injecting_the_reference_attention_reproduces_the_reference_latents(tiny_model, tiny_config, photos, replay):
+    segmenter = _segmenter(tiny_model, tiny_config.replace(attention_replay=replay))
+    denoiser = segmenter.denoiser
+    assert len(denoiser.state.probability_layers) == (0 if replay == "query_key" else 10)
+    start = _start(segmenter, photos["astronaut"])
+    tokens = segmenter._modulation_side ** 2
     reference = denoiser.reference_run(start)
     alone = denoiser.modulated_runs(start, torch.zeros(1, tokens))
     assert torch.equal(alone, reference)
@@ -130,12 +133,14 @@ def test_a_batch_gives_what_each_image_gives_alone(tiny_segmenter, photos):
         assert (result.labels == alone.labels).mean() > 0.999
 
 
-def test_upsample_matches_the_slow_reference(tiny_segmenter, photos):
+@pytest.mark.parametrize("replay", ["query_key", "probabilities"])
+def test_upsample_matches_the_slow_reference(tiny_model, tiny_config, photos, replay):
     """Same low-res labels, seed and model: the fast path and the per-mask reference agree.
 
     Both are fp32 but sum in different orders, so their difference maps differ by ~1e-5; a pixel
     may flip only where the reference's best two blurred maps are closer than that.
     """
+    tiny_segmenter = _segmenter(tiny_model, tiny_config.replace(attention_replay=replay))
     image = photos["astronaut"]
     lowres = tiny_segmenter.segment(image).lowres_labels
     fast = tiny_segmenter.upsample(image, lowres)
@@ -153,3 +158,21 @@ def test_upsample_matches_the_slow_reference(tiny_segmenter, photos):
     assert decided.mean() > 0.99
     assert np.array_equal(fast.labels[decided], reference_labels[decided])
     assert (fast.labels == reference_labels).mean() >= 0.999
+
+
+def test_auto_replay_keeps_probabilities_only_where_they_are_small(tiny_model, tiny_config):
+    from emerdiff.attention import probability_layers
+
+    unet = _segmenter(tiny_model, tiny_config).denoiser.unet
+    # Tiny UNet (2 heads) at 128 px, 16x16 latent. Probabilities take heads * N^2 values, query and
+    # key 2 * N * channels: at 8x8 tokens (N = 64, 32 channels) 2 * 64 > 2 * 32, too big; at 4x4
+    # (N = 16, 64 channels) 2 * 16 <= 2 * 64 and at 2x2 (N = 4) likewise, so those keep probabilities.
+    chosen = probability_layers(unet, 128, 15, "auto", budget_bytes=0, element_bytes=4)
+    assert chosen == {
+        "down_blocks.2.attentions.0.transformer_blocks.0.attn1",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn1",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn1",
+        "mid_block.attentions.0.transformer_blocks.0.attn1",
+    }
+    assert len(probability_layers(unet, 128, 15, "auto", budget_bytes=10**12, element_bytes=4)) == 10
+    assert probability_layers(unet, 128, 15, "query_key", budget_bytes=10**12, element_bytes=4) == frozenset()

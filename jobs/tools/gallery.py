@@ -1,0 +1,280 @@
+"""A self-contained HTML gallery of a labelling output: what a person looks at first.
+
+Rows are sampled uniformly (reservoir sampling, seeded) from every done shard; each card shows the
+photo, a colour overlay of its label map, the low-resolution k-means map, the segment count and the
+scores. Error rows are listed with their messages. Everything is inline (data: URIs, inline CSS, no
+script), so the file opens offline and can be mailed around.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import random
+from collections import Counter, defaultdict
+
+import numpy as np
+from fsspec.core import url_to_fs
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.config import LabelJobConfig
+from pipeline.decode import SampleError, decode_image, find_image
+from pipeline.sources import ShardReadError, ShardStream
+from schemas.labels import STATUS_OK, decode_label_png, error_reason
+from schemas.reading import read_job
+from schemas.tools import iter_batches, output_metadata, read_rows
+
+ROW_COLUMNS = ["key", "shard", "width", "height", "labels", "lowres_labels", "num_segments",
+               "segments.id", "segments.area", "segments.score"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviewConfig:
+    output: str
+    destination: str  # the HTML file to write (local path or fsspec URL)
+    num_samples: int = 48
+    seed: int = 0  # same seed, same output => same sample
+    max_errors: int = 200  # error rows listed with their message; all are counted
+    thumbnail: int = 256  # longest side of each picture, in pixels: keeps the file small
+    # Read the photos from the input shards named in each row. Off: label maps only (no shard reads).
+    with_images: bool = True
+    storage_options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "thumbnail"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_errors < 0:
+            raise ValueError(f"max_errors must be >= 0, got {self.max_errors}")
+
+
+@dataclasses.dataclass
+class RowSample:
+    """What one pass over the light columns found: sampled ok rows, error rows, totals."""
+
+    picked: list[tuple[str, int]]  # (shard name, row index in its data file)
+    errors: list[dict]  # key, shard, error of the first max_errors error rows
+    ok: int = 0
+    failed: int = 0
+    reasons: Counter = dataclasses.field(default_factory=Counter)
+
+
+def write_preview(config: PreviewConfig) -> RowSample:
+    """Write the gallery; returns what was sampled and counted."""
+    sample = sample_rows(config)
+    rows = _read_picked(config, sample.picked)
+    photos = load_photos(config, rows) if config.with_images else {}
+    cards = [card_html(row, photos.get(row["key"]), config.thumbnail) for row in rows]
+    page = page_html(config.output, output_metadata(config.output, config.storage_options), sample, cards)
+    fs, path = url_to_fs(config.destination, **config.storage_options)
+    fs.pipe_file(path, page.encode())
+    return sample
+
+
+# -- choosing rows -------------------------------------------------------------------------------------
+
+
+def sample_rows(config: PreviewConfig) -> RowSample:
+    """Reservoir-sample ``num_samples`` ok rows over all done shards, in one pass over light columns."""
+    generator = random.Random(config.seed)
+    sample = RowSample(picked=[], errors=[])
+    rows_before: Counter = Counter()  # rows of the shard in earlier batches: positions are per file
+    for shard, batch in iter_batches(config.output, ["key", "status", "error"], config.storage_options):
+        columns = (batch.column(name).to_pylist() for name in ("key", "status", "error"))
+        for index, (key, status, error) in enumerate(zip(*columns), start=rows_before[shard]):
+            if status == STATUS_OK:
+                sample.ok += 1
+                _reservoir_add(sample.picked, (shard, index), sample.ok, config.num_samples, generator)
+                continue
+            sample.failed += 1
+            sample.reasons[error_reason(error or "")] += 1
+            if len(sample.errors) < config.max_errors:
+                sample.errors.append({"key": key, "shard": shard, "error": error})
+        rows_before[shard] += len(batch)
+    sample.picked.sort()
+    return sample
+
+
+def _reservoir_add(reservoir: list, item, seen: int, size: int, generator: random.Random) -> None:
+    # Algorithm R: after `seen` items, each is in the reservoir with probability size / seen.
+    if len(reservoir) < size:
+        reservoir.append(item)
+        return
+    slot = generator.randrange(seen)
+    if slot < size:
+        reservoir[slot] = item
+
+
+def _read_picked(config: PreviewConfig, picked: list[tuple[str, int]]) -> list[dict]:
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for shard, index in picked:
+        by_shard[shard].append(index)
+    return [
+        row
+        for shard, indices in by_shard.items()
+        for row in read_rows(config.output, shard, indices, ROW_COLUMNS, config.storage_options)
+    ]
+
+
+# -- photos from the input shards ----------------------------------------------------------------------
+
+
+def load_photos(config: PreviewConfig, rows: list[dict]) -> dict[str, Image.Image | str]:
+    """key -> RGB photo as the labeller saw it, or a message saying why there is none.
+
+    Each input shard is streamed only up to the last wanted sample.
+    """
+    extensions, max_pixels = _decode_options(config)
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        wanted[row["shard"]].add(row["key"])
+    photos: dict[str, Image.Image | str] = {}
+    for shard, keys in tqdm(wanted.items(), desc="reading photos", unit="shard", disable=None):
+        try:
+            photos.update(_photos_of_shard(shard, keys, extensions, max_pixels, config.storage_options))
+        except ShardReadError as error:
+            photos.update({key: f"photo unavailable: {error}" for key in keys})
+    return photos
+
+
+def _photos_of_shard(shard: str, keys: set[str], extensions, max_pixels: int, storage_options: dict) -> dict:
+    found: dict[str, Image.Image | str] = {}
+    for sample in ShardStream(shard, storage_options):
+        if sample["__key__"] in keys:
+            try:
+                found[sample["__key__"]] = decode_image(find_image(sample, extensions), max_pixels)
+            except SampleError as error:
+                found[sample["__key__"]] = f"photo unavailable: {error}"
+            if len(found) == len(keys):
+                break
+    return {key: found.get(key, f"photo unavailable: {key} is not in {shard}") for key in keys}
+
+
+def _decode_options(config: PreviewConfig) -> tuple[tuple[str, ...], int]:
+    # Decode as the labelling run did: its image extensions and size limit, else the defaults.
+    try:
+        job = read_job(config.output, config.storage_options).get("job", {})
+    except FileNotFoundError:
+        job = {}
+    extensions = tuple(job.get("image_extensions") or LabelJobConfig.image_extensions)
+    return extensions, int(job.get("max_image_pixels") or LabelJobConfig.max_image_pixels)
+
+
+# -- pictures ------------------------------------------------------------------------------------------
+
+
+def palette(count: int) -> np.ndarray:
+    """(count, 3) uint8 colours, neighbours far apart in hue (golden-ratio steps), fixed forever."""
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    hsv = np.stack([hues * 255, np.full(count, 170), np.full(count, 240)], axis=1).astype(np.uint8)
+    return np.asarray(Image.fromarray(hsv[None], mode="HSV").convert("RGB"))[0]
+
+
+def colorize(labels: np.ndarray) -> Image.Image:
+    return Image.fromarray(palette(int(labels.max(initial=0)) + 1)[labels])
+
+
+def overlay(photo: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    colours = colorize(labels).resize(photo.size, Image.Resampling.NEAREST)
+    return Image.blend(photo, colours, alpha)
+
+
+def thumbnail(picture: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    scale = size / max(picture.size)
+    if scale >= 1:
+        return picture
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), resample)
+
+
+def data_uri(picture: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+# -- HTML ----------------------------------------------------------------------------------------------
+
+
+def card_html(row: dict, photo: Image.Image | str | None, size: int) -> str:
+    """One sampled row: photo, overlay, low-res map, and its segments."""
+    labels = decode_label_png(row["labels"]["bytes"])
+    lowres = decode_label_png(row["lowres_labels"]["bytes"])
+    label_map = thumbnail(colorize(labels), size, Image.Resampling.NEAREST)
+    lowres_map = colorize(lowres).resize(label_map.size, Image.Resampling.NEAREST)
+    if isinstance(photo, Image.Image):
+        small = thumbnail(photo, size, Image.Resampling.BICUBIC)
+        pictures = [("photo", data_uri(small, "JPEG")), ("overlay", data_uri(overlay(small, labels), "JPEG"))]
+        note = ""
+    else:
+        pictures = [("label map", data_uri(label_map, "PNG"))]
+        note = f'<p class="note">{html.escape(photo or "photos not read (--no-images)")}</p>'
+    pictures.append(("low-res map", data_uri(lowres_map, "PNG")))
+    segments = sorted(row["segments"] or [], key=lambda segment: -segment["area"])
+    scores = [segment["score"] for segment in segments]
+    total = max(1, row["width"] * row["height"])
+    segment_rows = "".join(
+        f"<tr><td>{s['id']}</td><td>{100 * s['area'] / total:.1f}%</td><td>{s['score']:.2f}</td></tr>"
+        for s in segments
+    )
+    figures = "".join(
+        f'<figure><img src="{uri}" alt="{alt}"{"" if alt in ("photo", "overlay") else " class=map"}>'
+        f"<figcaption>{alt}</figcaption></figure>"
+        for alt, uri in pictures
+    )
+    mean_score = f"{np.mean(scores):.2f}" if scores else "-"
+    return f"""<article class="card">
+<div class="pictures">{figures}</div>{note}
+<h2>{html.escape(row["key"])}</h2>
+<p>{row["num_segments"]} segments &middot; mean score {mean_score} &middot; {row["width"]}&times;{row["height"]}</p>
+<details><summary>segments</summary><table><tr><th>id</th><th>area</th><th>score</th></tr>{segment_rows}</table></details>
+</article>"""
+
+
+def page_html(output: str, produced: dict | None, sample: RowSample, cards: list[str]) -> str:
+    produced = produced or {}
+    reasons = "".join(f"<li>{html.escape(reason)}: {count}</li>" for reason, count in sample.reasons.most_common())
+    error_rows = "".join(
+        f"<tr><td>{html.escape(e['key'])}</td><td>{html.escape(e['shard'])}</td><td>{html.escape(e['error'] or '')}</td></tr>"
+        for e in sample.errors
+    )
+    errors = (
+        f"<section><h2>Error rows ({sample.failed})</h2><ul>{reasons}</ul>"
+        f"<table class=\"errors\"><tr><th>key</th><th>shard</th><th>message</th></tr>{error_rows}</table>"
+        + (f"<p>First {len(sample.errors)} of {sample.failed} listed.</p>" if sample.failed > len(sample.errors) else "")
+        + "</section>"
+        if sample.failed else "<section><h2>Error rows (0)</h2></section>"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>EmerDiff preview: {html.escape(output)}</title>
+<style>{_CSS}</style></head><body>
+<header><h1>EmerDiff preview</h1>
+<p>{html.escape(output)} &middot; model <code>{html.escape(str(produced.get("model")))}</code>
+&middot; config <code>{html.escape(str(produced.get("config_hash")))}</code>
+&middot; {sample.ok} ok rows, {sample.failed} error rows &middot; {len(cards)} sampled</p></header>
+<main class="grid">{"".join(cards)}</main>
+{errors}
+</body></html>
+"""
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; background: #fafafa; color: #222; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1rem; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 0.75rem; }
+.card h2 { font-size: 0.95rem; margin: 0.5rem 0 0.25rem; word-break: break-all; }
+.card p { margin: 0.25rem 0; font-size: 0.85rem; }
+.pictures { display: flex; gap: 0.4rem; flex-wrap: wrap; }
+figure { margin: 0; } figure img { max-width: 130px; height: auto; display: block; }
+img.map { image-rendering: pixelated; }
+figcaption { font-size: 0.75rem; color: #666; }
+.note { color: #a33; }
+table { border-collapse: collapse; font-size: 0.8rem; } td, th { padding: 0.1rem 0.5rem; text-align: right; }
+table.errors td, table.errors th { text-align: left; border-bottom: 1px solid #eee; }
+"""

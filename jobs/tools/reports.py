@@ -1,0 +1,15 @@
+"""Writing a tool's report next to where a person asked for it."""
+
+from __future__ import annotations
+
+import json
+
+import fsspec
+
+
+def write_json(url: str, document: dict, storage_options: dict) -> None:
+    """Write ``document`` as indented JSON to a local path or fsspec URL."""
+    # Store options (an S3 endpoint, say) describe the output's store; a plain path is a local file.
+    options = storage_options if "://" in url and not url.startswith("file://") else {}
+    with fsspec.open(url, "w", **options) as file:
+        json.dump(document, file, indent=2)
