@@ -24,13 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.reference import ReferenceEmerDiff
 from emerdiff.tiny import random_parts
 
 logger = logging.getLogger("benchmarks.segment_bench")
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one; count it with the same formula.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
+def flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+
 
 PRODUCTION_STAGES = {"features": "query_features", "reference run": "reference_run", "modulated runs": "modulated_runs"}
 
@@ -47,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                         help="Production dtype (default: the segmenter's default for the device). The reference is always fp32.")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--attention-replay", default="auto", choices=["auto", "query_key", "probabilities"])
     parser.add_argument("--no-reference", action="store_true", help="Skip the slow reference (time and agreement).")
     parser.add_argument("--flops-shape", default=None, choices=["tiny", "mid", "sd15"])
     parser.add_argument("--flops-resolution", type=int, default=512)
@@ -81,7 +94,7 @@ class StageCounter:
         original = getattr(owner, method)
 
         def counted(*args, **kwargs):
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter() as counter:
                 result = original(*args, **kwargs)
             self.flops[stage] += counter.get_total_flops()
             return result
@@ -111,7 +124,7 @@ def instrument_reference(reference: ReferenceEmerDiff) -> StageCounter:
 
     def run(latents, timesteps, mode, modulation):
         stage = "reference run" if mode == "record" else "modulated runs"
-        with FlopCounterMode(display=False) as flops:
+        with flop_counter() as flops:
             result = original_run(latents, timesteps, mode, modulation)
         counter.flops[stage] += flops.get_total_flops()
         return result
@@ -192,9 +205,9 @@ def summary(seconds: list[float]) -> dict:
             "runs_seconds_per_image": seconds}
 
 
-def meta_flops(shape: str, resolution: int, num_masks: int, chunk: int) -> dict:
+def meta_flops(shape: str, resolution: int, num_masks: int, chunk: int, replay: str) -> dict:
     """FLOPs per image per stage at any size, on the meta device (shapes only, no compute)."""
-    config = EmerDiffConfig(num_masks=num_masks, resolution=resolution, chunk_size=chunk)
+    config = EmerDiffConfig(num_masks=num_masks, resolution=resolution, chunk_size=chunk, attention_replay=replay)
     with torch.device("meta"):
         parts = random_parts(shape)
     segmenter = EmerDiffSegmenter(parts, config, torch.device("meta"), torch.float32)
@@ -218,7 +231,7 @@ def meta_flops(shape: str, resolution: int, num_masks: int, chunk: int) -> dict:
     reference._decode(reference._run(start, timesteps, "replay", torch.zeros(tokens, device="meta")))
     for stage in ("modulated runs", "decodes"):
         counted.flops[stage] *= 2 * num_masks
-    result = {"shape": shape, "resolution": resolution, "num_masks": num_masks,
+    result = {"shape": shape, "resolution": resolution, "num_masks": num_masks, "attention_replay": replay,
               "production": per_image(production, 1)["flops_per_stage"], "reference": per_image(counted, 1)["flops_per_stage"]}
     result["ratio"] = sum(result["production"].values()) / sum(result["reference"].values())
     return result
@@ -228,7 +241,8 @@ def meta_flops(shape: str, resolution: int, num_masks: int, chunk: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = EmerDiffConfig(num_masks=args.num_masks, resolution=args.resolution, chunk_size=args.chunk_size)
+    config = EmerDiffConfig(num_masks=args.num_masks, resolution=args.resolution, chunk_size=args.chunk_size,
+                            attention_replay=args.attention_replay)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from emerdiff.loading import resolve_dtype
 
@@ -238,7 +252,8 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "shape": args.shape, "resolution": args.resolution, "num_masks": args.num_masks, "images": len(images),
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "attention_replay": args.attention_replay,
+        "probability_layers": len(segmenter.denoiser.state.probability_layers),
     }
     report["production"], results = measure_production(segmenter, images, args)
     if not args.no_reference:
@@ -252,8 +267,11 @@ def run(args: argparse.Namespace) -> dict:
             "flops": report["production"]["flops"] / report["reference"]["flops"],
         }
     if args.flops_shape:
-        report["full_size_flops"] = meta_flops(args.flops_shape, args.flops_resolution, args.flops_num_masks,
-                                               args.chunk_size or 8)
+        # On the meta device there is no memory to budget: count both ends of attention_replay.
+        report["full_size_flops"] = [
+            meta_flops(args.flops_shape, args.flops_resolution, args.flops_num_masks, args.chunk_size or 8, replay)
+            for replay in ("query_key", "probabilities")
+        ]
     return report
 
 
@@ -271,9 +289,9 @@ def print_table(report: dict) -> None:
         ratios = report["ratios"]
         print(f"production/reference: time (best) {ratios['seconds_best']:.3f}, time (median) {ratios['seconds_median']:.3f}, "
               f"FLOPs {ratios['flops']:.3f}; identical label pixels {report['label_agreement']}")
-    if "full_size_flops" in report:
-        full = report["full_size_flops"]
-        print(f"\nFLOPs per image at {full['shape']} {full['resolution']}px K={full['num_masks']} (TFLOP):")
+    for full in report.get("full_size_flops", []):
+        print(f"\nFLOPs per image at {full['shape']} {full['resolution']}px K={full['num_masks']}, "
+              f"attention_replay={full['attention_replay']} (TFLOP):")
         for stage in full["reference"]:
             print(f"  {stage:<16} production {full['production'].get(stage, 0) / 1e12:>9.2f}   reference {full['reference'][stage] / 1e12:>9.2f}")
         print(f"  total ratio production/reference: {full['ratio']:.3f}")

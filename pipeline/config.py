@@ -1,0 +1,156 @@
+"""LabelJobConfig: every option of the labelling job in one frozen, validated, serialisable object.
+
+The method's own knobs live in ``EmerDiffConfig`` (field ``method``); this object adds how the job
+runs: where shards come from and go, how many actors, batches, retries. ``jobs/label.py`` builds it
+from flags, the Ray actors receive it whole, and ``_job.json`` records it (storage options left out:
+they may hold credentials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Literal
+
+from emerdiff.config import EmerDiffConfig
+from schemas.layout import redact_url
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PIL_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureInjection:
+    """A deliberate crash, for tests of retries and resume: after ``after_rows`` rows of ``shard``."""
+
+    shard: str  # output name of the shard to crash in
+    after_rows: int = 1
+    mode: Literal["raise", "exit"] = "raise"  # "exit": the process dies at once, as on OOM or preemption
+    attempts: int = 1  # crash only on this many first attempts, so a retry can succeed
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("raise", "exit"):
+            raise ValueError(f"FailureInjection.mode must be 'raise' or 'exit', got {self.mode!r}")
+        if self.after_rows < 0 or self.attempts < 0:
+            raise ValueError(f"FailureInjection.after_rows and attempts must be >= 0, got {self.after_rows}, {self.attempts}")
+
+
+def _option(default: Any, help: str, **flag: Any) -> Any:
+    """A job option with its command-line help; ``flag`` adds argparse settings (choices, metavar)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelJobConfig:
+    # Where from, where to, with what: set by the CLI's own flags (--input, --output, model and
+    # storage flags, EmerDiffConfig flags), not generated from the options below.
+    inputs: tuple[str, ...]  # shard URLs, brace patterns ({000000..000099}) or globs, on any fsspec store
+    output: str  # output folder URL; see schemas.layout
+    model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, fsspec URL of one, .safetensors, or "tiny"
+    method: EmerDiffConfig = dataclasses.field(default_factory=EmerDiffConfig)
+    device: str | None = None  # torch device inside each actor; default CUDA when present
+    dtype: str | None = None  # default float16 on CUDA, float32 on CPU
+    allow_pickle: bool = False  # .ckpt/.bin checkpoints can run code when loaded
+    storage_options: dict = dataclasses.field(default_factory=dict)  # fsspec options; never written anywhere
+    failure_injection: FailureInjection | None = None  # tests only (env EMERDIFF_FAILURE_INJECTION for the CLI)
+
+    # Job options: one flag each, generated from this metadata.
+    batch_size: int = _option(4, "Images per segment_batch call. Larger batches share the feature pass; 4-8 is plenty on a GPU.")
+    # Each is a full-size decoded picture (a 12 MP photo is 36 MB); the model takes seconds per image.
+    prefetch: int = _option(8, "Decoded images a reader thread keeps ready ahead of the model, so it never waits on I/O.")
+    rows_per_row_group: int = _option(128, "Rows per Parquet row group (a row is ~100 KB with SD's 1280-d embeddings).")
+    max_image_pixels: int = _option(
+        PIL_MAX_IMAGE_PIXELS,
+        "Images with more pixels become error rows, checked from the header before decoding (decompression bombs).")
+    image_extensions: tuple[str, ...] = _option(
+        ("jpg", "jpeg", "png", "webp"), "Sample members tried as the image, in order (comma-separated).", metavar="EXT,EXT")
+    executor: Literal["ray", "local"] = _option(
+        "ray", "ray: Ray actors, one model each. local: one in-process loop without Ray (debugging).", choices=["ray", "local"])
+    address: str | None = _option(
+        None, "Ray cluster to join (e.g. ray://head:10001 or auto). Default: $RAY_ADDRESS, else a local Ray without dashboard.")
+    num_actors: int | None = _option(None, "Labelling actors (one model each). Default: one per GPU in the cluster, or 1 without GPUs.")
+    accelerator: Literal["auto", "gpu", "cpu"] = _option(
+        "auto", "gpu: each actor takes one GPU; cpu: CPU-only actors; auto: gpu if the cluster has GPUs now. "
+                "Use gpu on autoscaling clusters whose GPU nodes are not up yet.", choices=["auto", "gpu", "cpu"])
+    cpus_per_actor: float | None = _option(None, "CPUs reserved per actor. Default: 1 for GPU actors; the CPUs split evenly for CPU actors.")
+    max_attempts: int = _option(3, "Tries per shard (errors and dead actors both count) before it is reported as failed.")
+    model_cache_dir: str | None = _option(
+        None, "Node-local folder where a --model given as URL is copied once. Default: $EMERDIFF_MODEL_CACHE or ~/.cache/emerdiff/models.")
+    allow_pipe: bool = _option(False, "Allow 'pipe:COMMAND' inputs, which run a shell command per shard.")
+    overwrite: bool = _option(False, "Delete an existing output in --output (whatever made it) and label every shard again.")
+    dry_run: bool = _option(False, "List pending and done shards and exit: no model is loaded, no Ray started.")
+
+    def __post_init__(self) -> None:
+        problems = list(_problems(self))
+        if problems:
+            raise ValueError("Invalid labelling job options: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["method"] = self.method.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LabelJobConfig:
+        values = dict(values)
+        values["inputs"] = tuple(values["inputs"])
+        values["image_extensions"] = tuple(values.get("image_extensions", cls.image_extensions))
+        values["method"] = EmerDiffConfig.from_dict(values.get("method", {}))
+        if values.get("failure_injection"):
+            values["failure_injection"] = FailureInjection(**values["failure_injection"])
+        return cls(**values)
+
+    def public_dict(self) -> dict[str, Any]:
+        """What ``_job.json`` records: no storage options, URLs redacted, no test hooks."""
+        values = self.to_dict()
+        del values["storage_options"], values["failure_injection"]
+        values["inputs"] = [redact_url(url) for url in self.inputs]
+        values["output"] = redact_url(self.output)
+        values["model"] = redact_url(self.model)
+        values["address"] = redact_url(self.address) if self.address else None
+        return values
+
+    def replace(self, **changes: Any) -> LabelJobConfig:
+        return dataclasses.replace(self, **changes)
+
+    def with_absolute_paths(self) -> LabelJobConfig:
+        """Local paths made absolute: rows record where a shard really was, and actors started
+        elsewhere than the driver's folder find the same files."""
+        return self.replace(
+            inputs=tuple(_absolute(url) for url in self.inputs),
+            output=_absolute(self.output),
+            model=_absolute(self.model) if os.path.exists(self.model) else self.model,
+        )
+
+
+def _absolute(url: str) -> str:
+    if "://" in url or url.startswith("pipe:"):
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def _problems(job: LabelJobConfig):
+    if isinstance(job.inputs, str) or not job.inputs:
+        yield f"inputs must be a non-empty list of shard URLs or patterns, got {job.inputs!r}"
+    elif not job.allow_pipe and any(url.startswith("pipe:") for url in job.inputs):
+        yield "inputs contain 'pipe:' URLs, which run shell commands; pass --allow-pipe if you mean it"
+    if not job.output:
+        yield "output must be a folder URL or path"
+    for name in ("batch_size", "prefetch", "rows_per_row_group", "max_image_pixels", "max_attempts"):
+        value = getattr(job, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            yield f"{name} must be a positive integer, got {value!r}"
+    if job.num_actors is not None and (isinstance(job.num_actors, bool) or not isinstance(job.num_actors, int) or job.num_actors < 1):
+        yield f"num_actors must be a positive integer or unset, got {job.num_actors!r}"
+    if job.cpus_per_actor is not None and not job.cpus_per_actor > 0:
+        yield f"cpus_per_actor must be > 0 or unset, got {job.cpus_per_actor!r}"
+    if job.executor not in ("ray", "local"):
+        yield f"executor must be 'ray' or 'local', got {job.executor!r}"
+    if job.accelerator not in ("auto", "gpu", "cpu"):
+        yield f"accelerator must be 'auto', 'gpu' or 'cpu', got {job.accelerator!r}"
+    if not job.image_extensions or any(not ext or ext.startswith(".") for ext in job.image_extensions):
+        yield f"image_extensions must be extensions without the dot, such as ('jpg', 'png'), got {job.image_extensions!r}"
+    if not isinstance(job.method, EmerDiffConfig):
+        yield f"method must be an EmerDiffConfig, got {type(job.method).__name__}"
+    if not isinstance(job.storage_options, dict):
+        yield f"storage_options must be a dict of fsspec options, got {type(job.storage_options).__name__}"

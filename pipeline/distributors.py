@@ -1,0 +1,283 @@
+"""Who runs ``ShardLabeler``: an in-process loop, or Ray actors (one model each).
+
+Both take a ``ShardQueue`` and yield one event per finished attempt (ShardDone, ShardRetry,
+ShardFailed), plus WorkerReady when a model has loaded; progress goes to a callback. The retry
+policy lives in the queue, so it is the same whichever runs the shards.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from pipeline.config import LabelJobConfig
+from pipeline.shard import Progress, ShardLabeler, ShardTask
+from schemas.layout import redact_url
+from schemas.markers import ShardMarker
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class JobError(RuntimeError):
+    """The job cannot go on at all (e.g. no actor can load the model); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerReady:
+    model_info: dict  # EmerDiffSegmenter.model_info plus "worker" (host:pid)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardDone:
+    task: ShardTask
+    marker: ShardMarker
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRetry:
+    task: ShardTask  # the attempt that failed; the next one is queued
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFailed:
+    task: ShardTask  # the last attempt
+    error: str
+
+
+Event = WorkerReady | ShardDone | ShardRetry | ShardFailed
+
+
+class ShardQueue:
+    """Shards waiting to run, in order; a failed attempt goes to the back until attempts run out."""
+
+    def __init__(self, tasks: Iterable[ShardTask], max_attempts: int):
+        self._waiting = collections.deque(tasks)
+        self.max_attempts = max_attempts
+        self.in_flight: dict[str, ShardTask] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def pop(self) -> ShardTask:
+        task = self._waiting.popleft()
+        self.in_flight[task.name] = task
+        return task
+
+    def done(self, task: ShardTask, marker: ShardMarker) -> ShardDone:
+        self.in_flight.pop(task.name, None)
+        return ShardDone(task, marker)
+
+    def failed(self, task: ShardTask, error: str) -> ShardRetry | ShardFailed:
+        self.in_flight.pop(task.name, None)
+        if task.attempt < self.max_attempts:
+            self._waiting.append(task.retry())
+            return ShardRetry(task, error)
+        return ShardFailed(task, error)
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# -- in-process ------------------------------------------------------------------------------------
+
+
+def run_locally(queue: ShardQueue, labeler: ShardLabeler, on_progress: ProgressCallback) -> Iterator[Event]:
+    """Label the queue's shards one after another in this process."""
+    yield WorkerReady({**labeler.model_info, "worker": labeler.worker})
+    while queue:
+        task = queue.pop()
+        try:
+            marker = labeler(task, on_progress)
+        except Exception as error:  # the shard-level retry boundary: every cause is retried, then failed
+            logger.debug("shard %s attempt %d failed", task.name, task.attempt, exc_info=True)
+            yield queue.failed(task, describe(error))
+            continue
+        yield queue.done(task, marker)
+
+
+# -- Ray -------------------------------------------------------------------------------------------
+
+
+class LabelActor:
+    """One model on one GPU (or CPU), labelling whole shards for the driver."""
+
+    def __init__(self, job: LabelJobConfig, log_level: int = logging.WARNING):
+        from pipeline.models import load_segmenter
+
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("pipeline").setLevel(log_level)
+        self.labeler = ShardLabeler(load_segmenter(job), job)
+
+    def ready(self) -> dict:
+        return {**self.labeler.model_info, "worker": self.labeler.worker}
+
+    def label(self, task: ShardTask) -> Iterator[Progress | ShardMarker]:
+        # A streaming generator: the driver sees progress while the shard runs, the marker last.
+        yield from self.labeler.run(task)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance without dashboard."""
+    import ray
+
+    if ray.is_initialized():  # e.g. under a test fixture, or a notebook's own ray.init
+        yield
+        return
+    target = address or os.environ.get("RAY_ADDRESS")
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        if target:
+            ray.init(address=address)
+        else:  # "local": a new instance even if `ray start` left one running on this machine
+            ray.init(address="local", include_dashboard=False)
+    except (ConnectionError, RuntimeError) as error:
+        where = f"the Ray cluster at {redact_url(target)}" if target else "a local Ray instance"
+        raise JobError(f"could not start or join {where}: {_first_line(error)}") from error
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced the caller's handler with sys.exit
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def actor_options(job: LabelJobConfig, cluster: dict[str, float]) -> tuple[int, dict]:
+    """How many actors, and the Ray resources of each, from the job and the cluster's resources."""
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    use_gpu = job.accelerator == "gpu" or (job.accelerator == "auto" and gpus >= 1)
+    if use_gpu:
+        num_actors = job.num_actors or max(int(gpus), 1)
+        num_cpus = job.cpus_per_actor or 1  # the reader thread; the model runs on the GPU
+    else:
+        num_actors = job.num_actors or 1
+        num_cpus = job.cpus_per_actor or max(int(cpus // num_actors), 1)
+    return num_actors, {"num_gpus": 1 if use_gpu else 0, "num_cpus": num_cpus, "max_restarts": 0}
+
+
+def _first_line(error: BaseException) -> str:
+    # Ray's messages carry whole tracebacks; the last non-empty line is the original exception.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+class _RayActorPool:
+    def __init__(self, job: LabelJobConfig, num_actors: int, options: dict):
+        import ray
+
+        self.ray = ray
+        self.job = job
+        self.num_actors = num_actors
+        self.options = options
+        self.actor_class = ray.remote(LabelActor).options(**options)
+        self.log_level = logging.getLogger("pipeline").getEffectiveLevel()
+        self.starting: dict = {}  # ready() ref -> actor
+        self.idle: list = []
+        self.running: dict = {}  # streaming generator -> (actor, task)
+        self.any_ready = False
+        self.deaths = 0
+        self.waiting_since = time.monotonic()
+        for _ in range(num_actors):
+            self._start_actor()
+
+    def _start_actor(self) -> None:
+        actor = self.actor_class.remote(self.job, self.log_level)
+        self.starting[actor.ready.remote()] = actor
+
+    def _replace(self, actor, reason: str) -> None:
+        self.ray.kill(actor, no_restart=True)
+        self.deaths += 1
+        # An actor that keeps dying is not a shard's fault; stop before burning the cluster.
+        if self.deaths > self.num_actors * self.job.max_attempts:
+            raise JobError(f"{self.deaths} Ray actors died; the last: {reason}")
+        logger.warning("a labelling actor died (%s); starting a replacement", reason)
+        self._start_actor()
+
+    def run(self, queue: ShardQueue, on_progress: ProgressCallback) -> Iterator[Event]:
+        while queue or self.running:
+            while self.idle and queue:
+                actor, task = self.idle.pop(), queue.pop()
+                self.running[actor.label.options(num_returns="streaming").remote(task)] = (actor, task)
+            ready, _ = self.ray.wait([*self.starting, *self.running], num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in self.starting:
+                    yield from self._on_started(ref)
+                else:
+                    yield from self._on_shard_event(ref, queue, on_progress)
+            self._warn_if_unscheduled()
+
+    def _on_started(self, ref) -> Iterator[Event]:
+        actor = self.starting.pop(ref)
+        try:
+            info = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as error:
+            if not self.any_ready:  # the first model load failed: every other actor would too
+                raise JobError(f"the labelling actor could not start: {_first_line(error)}") from None
+            self._replace(actor, _first_line(error))
+            return
+        self.any_ready = True
+        self.idle.append(actor)
+        yield WorkerReady(info)
+
+    def _on_shard_event(self, generator, queue: ShardQueue, on_progress: ProgressCallback) -> Iterator[Event]:
+        actor, task = self.running[generator]
+        try:
+            event = self.ray.get(next(generator))
+        except StopIteration:
+            del self.running[generator]
+            self.idle.append(actor)
+            yield queue.failed(task, "the actor finished the shard without a marker")
+        except self.ray.exceptions.RayActorError as error:
+            del self.running[generator]
+            self._replace(actor, _first_line(error))
+            yield queue.failed(task, f"actor died: {_first_line(error)}")
+        except self.ray.exceptions.RayTaskError as error:
+            del self.running[generator]
+            self.idle.append(actor)
+            yield queue.failed(task, describe(error.cause) if error.cause else _first_line(error))
+        else:
+            if isinstance(event, ShardMarker):
+                del self.running[generator]
+                self.idle.append(actor)
+                yield queue.done(task, event)
+            else:
+                on_progress(event)
+
+    def _warn_if_unscheduled(self) -> None:
+        if self.any_ready or time.monotonic() - self.waiting_since < 120:
+            return
+        logger.warning("no labelling actor has started after %.0fs; each needs %s. Cluster resources: %s",
+                       time.monotonic() - self.waiting_since, self.options, self.ray.cluster_resources())
+        self.waiting_since = time.monotonic()
+
+    def shutdown(self) -> None:
+        for actor in [*self.starting.values(), *self.idle, *(a for a, _ in self.running.values())]:
+            self.ray.kill(actor, no_restart=True)
+
+
+def run_on_ray(queue: ShardQueue, job: LabelJobConfig, on_progress: ProgressCallback) -> Iterator[Event]:
+    """Label the queue's shards with Ray actors; a dead actor is replaced and its shard requeued."""
+    import ray
+
+    with ray_session(job.address):
+        num_actors, options = actor_options(job, ray.cluster_resources())
+        logger.info("starting %d labelling actor(s), each with %s", num_actors, options)
+        pool = _RayActorPool(job, num_actors, options)
+        try:
+            yield from pool.run(queue, on_progress)
+        finally:
+            pool.shutdown()

@@ -1,0 +1,325 @@
+"""The labelling job's driver: plan the shards, check the output, hand shards out, commit the run.
+
+    inputs -> shard URLs -> pending (no marker yet) -> distributor (Ray actors or local loop)
+           -> markers -> _manifest.parquet -> _SUCCESS (only when every input shard is done)
+
+Resume is the same command again: shards with a marker are skipped. An output made with another
+model or method config is refused unless ``overwrite`` (which deletes it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+import pyarrow.parquet as pq
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import emerdiff
+from pipeline.config import LabelJobConfig
+from pipeline.distributors import (
+    Event, ShardDone, ShardFailed, ShardQueue, ShardRetry, WorkerReady, run_locally, run_on_ray,
+)
+from pipeline.progress import ImageProgress
+from pipeline.shard import ShardLabeler, ShardTask
+from pipeline.sources import expand_inputs
+from schemas.labels import SCHEMA_VERSION
+from schemas.layout import OutputLayout, redact_url, shard_name
+from schemas.markers import ShardStats, manifest_row_done, manifest_row_failed, manifest_table
+from schemas.reading import load_markers
+
+logger = logging.getLogger(__name__)
+
+JOB_KIND = "emerdiff.label"
+
+
+class JobRefused(RuntimeError):
+    """The output folder holds another job's results; the message says how to proceed."""
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShardPlan:
+    output: str  # redacted
+    shards: dict[str, str]  # output name -> input URL, in input order
+    done: list[str]  # names with a marker: skipped
+    pending: list[str]  # names to label
+    previous_job: dict | None  # the output's _job.json, if any
+    overwrite: bool = False
+
+    def format(self) -> str:
+        lines = [f"output {self.output}: {len(self.shards)} input shard(s), {len(self.done)} done, {len(self.pending)} pending"]
+        if self.overwrite and self.previous_job:
+            lines.append("--overwrite: the existing output would be deleted first and every shard labelled again")
+        lines += [f"  pending  {name}  {redact_url(self.shards[name])}" for name in self.pending]
+        lines += [f"  done     {name}  {redact_url(self.shards[name])}" for name in self.done]
+        return "\n".join(lines)
+
+
+def plan_job(job: LabelJobConfig, layout: OutputLayout | None = None) -> ShardPlan:
+    """Which input shards are done and which are pending; raises JobRefused for an incompatible output."""
+    job = job.with_absolute_paths()
+    layout = layout or OutputLayout(job.output, job.storage_options)
+    previous = check_output(layout, job)
+    shards = _name_shards(expand_inputs(job.inputs, job.storage_options))
+    done = set() if job.overwrite else set(layout.list_markers())  # one listing, as datatrove does
+    return ShardPlan(
+        output=redact_url(job.output),
+        shards=shards,
+        done=[name for name in shards if name in done],
+        pending=[name for name in shards if name not in done],
+        previous_job=previous,
+        overwrite=job.overwrite,
+    )
+
+
+def _name_shards(urls: Iterable[str]) -> dict[str, str]:
+    shards: dict[str, str] = {}
+    for url in urls:
+        name = shard_name(url)
+        if name in shards:
+            raise ValueError(
+                f"input shards {redact_url(shards[name])} and {redact_url(url)} would both be written as "
+                f"data/{name}.parquet; label them into separate outputs or rename one"
+            )
+        shards[name] = url
+    return shards
+
+
+def _read_json(layout: OutputLayout, path: str) -> dict | None:
+    try:
+        with layout.fs.open(path, "rb") as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return None
+
+
+def check_output(layout: OutputLayout, job: LabelJobConfig) -> dict | None:
+    """The output's previous _job.json (None if new); JobRefused if it was made differently."""
+    previous = _read_json(layout, layout.job_path)
+    if job.overwrite:
+        return previous
+    if previous is None:
+        if layout.list_markers() or layout.list_data_files():
+            raise JobRefused(
+                f"{redact_url(job.output)} holds labels but no _job.json, so it cannot be resumed safely. "
+                "Choose another --output, or pass --overwrite to delete them and start over."
+            )
+        return None
+    differences = []
+    if previous.get("config_hash") != job.method.config_hash:
+        old, new = previous.get("config", {}), job.method.to_dict()
+        hashed = [f.name for f in dataclasses.fields(job.method) if f.metadata.get("hashed", True)]
+        changed = sorted(k for k in hashed if k in old and old[k] != new[k])
+        detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed) or "fields differ"
+        differences.append(f"method config (config_hash {previous.get('config_hash')} -> {job.method.config_hash}; {detail})")
+    if previous.get("model") != redact_url(job.model):
+        differences.append(f"model ({previous.get('model')!r} -> {redact_url(job.model)!r})")
+    if differences and not (layout.list_markers() or layout.list_data_files()):
+        logger.info("%s has no labelled shard yet; starting it again with the new settings", redact_url(job.output))
+        return None
+    if differences:
+        raise JobRefused(
+            f"{redact_url(job.output)} already holds labels made with a different " + " and ".join(differences) + ". "
+            "Rerun with the same --model and method options to resume it, choose another --output, "
+            "or pass --overwrite to delete it and start over."
+        )
+    return previous
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class JobSummary:
+    output: str
+    shards: int  # input shards
+    skipped: int  # done before this run
+    labelled: int = 0
+    failed: dict[str, ShardFailed] = dataclasses.field(default_factory=dict)
+    stats: ShardStats = dataclasses.field(default_factory=ShardStats)  # this run's shards, added up
+    per_worker: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+    def format(self) -> str:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.stats.error_reasons.items()))
+        rate = self.stats.rows / self.wall_seconds if self.wall_seconds else 0.0
+        lines = [
+            f"{'INTERRUPTED ' if self.interrupted else ''}emerdiff label -> {self.output}",
+            f"  shards: {self.shards} input, {self.skipped} already done, {self.labelled} labelled, {len(self.failed)} failed",
+            f"  images: {self.stats.ok} ok, {self.stats.errors} error" + (f" ({reasons})" if reasons else ""),
+            f"  wall time: {self.wall_seconds:.1f}s, {rate:.2f} img/s overall",
+        ]
+        for worker, stats in sorted(self.per_worker.items()):
+            busy = stats.wall_seconds
+            lines.append(f"  actor {worker}: {stats.rows} images in {busy:.1f}s busy, {stats.rows / busy if busy else 0:.2f} img/s")
+        lines += [f"  FAILED {name} after {f.task.attempt} attempt(s): {f.error}" for name, f in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def run_job(job: LabelJobConfig, segmenter=None) -> JobSummary:
+    """Label every pending input shard of ``job``; see the module docstring for the protocol.
+
+    ``segmenter``: an already loaded EmerDiffSegmenter for the local executor (tests); the Ray
+    actors always load their own. Raises JobRefused or ValueError before any work for bad
+    options; a shard that keeps failing does not raise, it is reported in the summary.
+    """
+    started = time.monotonic()
+    job = job.with_absolute_paths()
+    layout = OutputLayout(job.output, job.storage_options)
+    plan = plan_job(job, layout)
+    if job.overwrite:
+        _clear_output(layout)
+    record = _job_record(job, plan.previous_job)
+    _write_json(layout, layout.job_path, record)
+    summary = JobSummary(output=plan.output, shards=len(plan.shards), skipped=len(plan.done))
+    if plan.pending and layout.fs.exists(layout.success_path):
+        layout.fs.rm_file(layout.success_path)  # the output is incomplete until this run finishes
+    logger.info("%d shard(s) to label, %d already done", len(plan.pending), len(plan.done))
+
+    queue = ShardQueue([ShardTask(plan.shards[name]) for name in plan.pending], job.max_attempts)
+    progress = ImageProgress(len(plan.pending))
+    try:
+        with logging_redirect_tqdm(), contextlib.closing(_distribute(job, queue, progress, segmenter)) as events:
+            for event in events:
+                _record_event(event, layout, record, summary, progress)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        _remove_uncommitted(layout, queue.in_flight.values())
+        logger.warning("interrupted: %d shard(s) committed in this run; %d in flight abandoned",
+                       summary.labelled, len(queue.in_flight))
+    finally:
+        progress.close()
+    if not summary.interrupted:
+        _finish(layout, plan, summary)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _distribute(job: LabelJobConfig, queue: ShardQueue, progress: ImageProgress, segmenter) -> Iterator[Event]:
+    if not queue:  # nothing to do: no model, no Ray
+        return
+    if job.executor == "local":
+        if segmenter is None:
+            from pipeline.models import load_segmenter
+
+            segmenter = load_segmenter(job)
+        yield from run_locally(queue, ShardLabeler(segmenter, job), progress.update)
+    else:
+        yield from run_on_ray(queue, job, progress.update)
+
+
+def _record_event(event: Event, layout: OutputLayout, record: dict, summary: JobSummary, progress: ImageProgress) -> None:
+    if isinstance(event, WorkerReady):
+        _check_weights(event.model_info, layout, record)
+    elif isinstance(event, ShardDone):
+        marker = event.marker
+        summary.labelled += 1
+        summary.stats = summary.stats + marker.stats
+        summary.per_worker[marker.worker] = summary.per_worker.get(marker.worker, ShardStats()) + marker.stats
+        progress.shard_finished(marker.shard)
+    elif isinstance(event, ShardRetry):
+        logger.warning("shard %s attempt %d failed, will retry: %s", event.task.name, event.task.attempt, event.error)
+        progress.shard_abandoned(event.task.name)
+    elif isinstance(event, ShardFailed):
+        logger.error("shard %s failed after %d attempt(s): %s", event.task.name, event.task.attempt, event.error)
+        summary.failed[event.task.name] = event
+        progress.shard_abandoned(event.task.name)
+        _remove_uncommitted(layout, [event.task])
+
+
+def _check_weights(model_info: dict, layout: OutputLayout, record: dict) -> None:
+    weights = model_info.get("weights_sha256")
+    recorded = record.get("weights_sha256")
+    if recorded is None:
+        record["weights_sha256"] = weights
+        record["model_info"] = {k: v for k, v in model_info.items() if k not in ("model", "worker")}
+        _write_json(layout, layout.job_path, record)
+    elif weights != recorded:
+        raise JobRefused(
+            f"the weights loaded from {record['model']!r} (sha256 {weights}) are not the ones this output was "
+            f"labelled with (sha256 {recorded}). Point --model at the original weights, choose another --output, "
+            "or pass --overwrite to start over."
+        )
+
+
+def _job_record(job: LabelJobConfig, previous: dict | None) -> dict:
+    keep_weights = previous is not None and not job.overwrite
+    return {
+        "kind": JOB_KIND,
+        "schema_version": SCHEMA_VERSION,
+        "model": redact_url(job.model),
+        "weights_sha256": previous.get("weights_sha256") if keep_weights else None,
+        "model_info": previous.get("model_info") if keep_weights else None,
+        "config": job.method.to_dict(),
+        "config_hash": job.method.config_hash,
+        "code_version": emerdiff.__version__,
+        "job": job.public_dict(),
+        "started_at": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(layout: OutputLayout, path: str, value: dict) -> None:
+    layout.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with layout.fs.open(path, "w") as file:
+        json.dump(value, file, indent=1, sort_keys=True)
+
+
+def _clear_output(layout: OutputLayout) -> None:
+    paths = [layout.data_path(name) for name in layout.list_data_files()]
+    paths += [layout.marker_path(name) for name in layout.list_markers()]
+    paths += [p for p in (layout.manifest_path, layout.success_path, layout.job_path) if layout.fs.exists(p)]
+    if paths:
+        logger.warning("--overwrite: deleting %d file(s) of the previous output", len(paths))
+        layout.fs.rm(paths)
+
+
+def _remove_uncommitted(layout: OutputLayout, tasks: Iterable[ShardTask]) -> None:
+    """Delete data files that have no marker: left by an attempt that died before committing."""
+    for task in tasks:
+        data, marker = layout.data_path(task.name), layout.marker_path(task.name)
+        if layout.fs.exists(data) and not layout.fs.exists(marker):
+            layout.fs.rm_file(data)
+
+
+def _finish(layout: OutputLayout, plan: ShardPlan, summary: JobSummary) -> None:
+    markers = load_markers(layout)  # every done shard, this run's and earlier ones
+    done = {marker.shard for marker in markers}
+    rows = [manifest_row_done(marker) for marker in markers]
+    rows += [
+        manifest_row_failed(name, redact_url(plan.shards[name]), failure.error, failure.task.attempt)
+        for name, failure in summary.failed.items() if name not in done
+    ]
+    buffer = io.BytesIO()
+    pq.write_table(manifest_table(rows), buffer)
+    with layout.fs.open(layout.manifest_path, "wb") as file:
+        file.write(buffer.getvalue())
+    if summary.failed or not set(plan.shards) <= done:
+        return
+    _write_json(layout, layout.success_path, {
+        "finished_at": _now(),
+        "shards": len(done),
+        "rows": sum(m.stats.rows for m in markers),
+        "errors": sum(m.stats.errors for m in markers),
+    })
+
+

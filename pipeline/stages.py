@@ -1,0 +1,150 @@
+"""Generator stages between decoded samples and rows: read-ahead, batched segmentation.
+
+Each stage takes an iterator and yields; errors that concern one sample become error rows here,
+errors that concern the shard (reading it, running out of device memory) propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from pipeline.decode import DecodedSample
+from schemas.labels import error_row, ok_row
+
+logger = logging.getLogger(__name__)
+
+SEGMENTATION_FAILED = "segmentation failed"
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, size: int) -> Iterator:
+    """Yield ``items``, produced up to ``size`` ahead by a background thread.
+
+    Reading and decoding overlap with the model. An exception in the producer is re-raised here,
+    in order; closing this generator early stops the producer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as error:  # handed to the consumer, who decides
+            put(_Raised(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="emerdiff-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error)
+
+
+class BatchSegmenter:
+    """Decoded samples in, rows out, in input order; images go to the model ``batch_size`` at a time.
+
+    If a batch fails, its images are retried one by one so a single bad image becomes one error
+    row. Running out of memory is not an image's fault: it propagates and the shard is retried.
+    """
+
+    def __init__(self, segmenter, batch_size: int, shard_url: str):
+        self.segmenter = segmenter
+        self.batch_size = batch_size
+        self.shard_url = shard_url
+        self.model_seconds = 0.0
+
+    def __call__(self, samples: Iterable[DecodedSample]) -> Iterator[dict]:
+        pending: list[DecodedSample] = []
+        images_pending = 0
+        for sample in samples:
+            pending.append(sample)
+            images_pending += sample.image is not None
+            if images_pending == self.batch_size:
+                yield from self._rows(pending)
+                pending, images_pending = [], 0
+        if pending:
+            yield from self._rows(pending)
+
+    def _rows(self, samples: list[DecodedSample]) -> Iterator[dict]:
+        to_segment = [s for s in samples if s.image is not None]
+        outcomes, seconds = self._segment(to_segment)
+        per_image = seconds / len(to_segment) if to_segment else None
+        results = dict(zip((id(s) for s in to_segment), outcomes))
+        for sample in samples:
+            if sample.error is not None:
+                yield error_row(sample.key, self.shard_url, sample.error, decode_seconds=sample.decode_seconds)
+                continue
+            outcome = results[id(sample)]
+            if isinstance(outcome, Exception):
+                yield error_row(sample.key, self.shard_url, f"{SEGMENTATION_FAILED}: {outcome}",
+                                width=sample.image.width, height=sample.image.height,
+                                decode_seconds=sample.decode_seconds, segment_seconds=per_image)
+            else:
+                yield ok_row(sample.key, self.shard_url, outcome,
+                             decode_seconds=sample.decode_seconds, segment_seconds=per_image)
+
+    def _segment(self, samples: list[DecodedSample]) -> tuple[list, float]:
+        if not samples:
+            return [], 0.0
+        started = time.perf_counter()
+        try:
+            outcomes = list(self.segmenter.segment_batch([s.image for s in samples]))
+        except (RuntimeError, ValueError) as error:
+            if _is_out_of_memory(error):
+                raise
+            if len(samples) == 1:
+                outcomes = [error]
+            else:
+                logger.warning("a batch of %d images in %s failed (%s); segmenting them one by one",
+                               len(samples), self.shard_url, error)
+                outcomes = [self._segment_one(s) for s in samples]
+        seconds = time.perf_counter() - started
+        self.model_seconds += seconds
+        return outcomes, seconds
+
+    def _segment_one(self, sample: DecodedSample):
+        try:
+            return self.segmenter.segment_batch([sample.image])[0]
+        except (RuntimeError, ValueError) as error:
+            if _is_out_of_memory(error):
+                raise
+            return error

@@ -1,0 +1,150 @@
+"""The job's observable contract with the in-process executor: files, resume, crash, refusal.
+
+The same ShardLabeler runs inside the Ray actors (see test_label_ray.py); here it runs in this
+process with the session's tiny segmenter, so these tests pay for images, not for Ray.
+"""
+
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from label_helpers import tar_bytes, write_shards
+
+from pipeline.config import FailureInjection
+from pipeline.job import JobRefused, plan_job, run_job
+from pipeline.models import load_segmenter
+from pipeline.shard import ShardLabeler, ShardTask
+from schemas.labels import decode_label_png
+from schemas.layout import OutputLayout
+from schemas.reading import iter_rows, read_job, read_manifest, read_markers
+
+
+def _output_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _keys(output):
+    return Counter(row["key"] for row in iter_rows(str(output), columns=["key"]))
+
+
+def test_labeller_writes_rows_then_marker_and_keeps_bad_samples(tmp_path, make_job, make_samples, photo_jpegs, fast_segmenter):
+    samples = make_samples(0, 2) + [{"__key__": "bad", "jpg": b"garbage"}, {"__key__": "nojpg", "txt": b"x"}]
+    [url] = write_shards(str(tmp_path / "in"), {"shard-000000.tar": samples})
+    job = make_job([url], tmp_path / "out", executor="local")
+    labeler = ShardLabeler(fast_segmenter, job)
+    events = list(labeler.run(ShardTask(url)))
+    marker = events[-1]
+    assert events[-2].images == 4 and events[-2].shard_bytes == len(tar_bytes(samples))
+    assert (marker.stats.rows, marker.stats.ok, marker.stats.errors) == (4, 2, 2)
+    assert marker.stats.error_reasons == {"undecodable image": 1, "missing image member": 1}
+    table = pq.read_table(tmp_path / "out" / "data" / "shard-000000.parquet")
+    rows = table.to_pylist()
+    assert [r["key"] for r in rows] == ["s00-000", "s00-001", "bad", "nojpg"]  # input order
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
+    assert rows[2]["error"].startswith("undecodable image: ") and rows[2]["labels"] is None
+    labels = decode_label_png(rows[0]["labels"]["bytes"])
+    assert labels.shape == (rows[0]["height"], rows[0]["width"]) == (64, 96)
+    assert set(labels.ravel()) == {s["id"] for s in rows[0]["segments"]}
+    assert len(rows[0]["segments"][0]["embedding"]) == 64  # the tiny UNet's query width
+    assert json.loads(table.schema.metadata[b"emerdiff"])["config_hash"] == job.method.config_hash
+
+
+def test_run_resume_and_rerun_after_success(tmp_path, make_job, make_samples, fast_segmenter):
+    urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 1) for i in range(3)})
+    output = tmp_path / "out"
+    first = make_job(urls[:2], output, executor="local")
+    assert run_job(first, segmenter=fast_segmenter).exit_code == 0
+    assert _output_files(output) == [
+        "_SUCCESS", "_job.json", "_manifest.parquet", "_markers/shard-000000.json", "_markers/shard-000001.json",
+        "data/shard-000000.parquet", "data/shard-000001.parquet",
+    ]
+    before = {name: (output / "data" / f"{name}.parquet").stat().st_mtime_ns for name in ("shard-000000", "shard-000001")}
+
+    # Same command plus one more shard: only the new one is labelled.
+    grown = make_job(urls, output, executor="local")
+    assert plan_job(grown).pending == ["shard-000002"]
+    summary = run_job(grown, segmenter=fast_segmenter)
+    assert (summary.skipped, summary.labelled, summary.exit_code) == (2, 1, 0)
+    assert {n: (output / "data" / f"{n}.parquet").stat().st_mtime_ns for n in before} == before
+
+    # Again after success: nothing to do, and no model is needed to find that out.
+    again = run_job(grown, segmenter=None)
+    assert (again.labelled, again.skipped, again.exit_code) == (0, 3, 0)
+    assert _keys(output) == Counter({f"s{i:02d}-000": 1 for i in range(3)})
+    assert read_manifest(str(output)).column("status").to_pylist() == ["done"] * 3
+    assert read_job(str(output))["weights_sha256"] == fast_segmenter.model_info["weights_sha256"]
+
+
+def test_crash_in_a_shard_then_rerun_gives_every_key_once(tmp_path, make_job, make_samples, fast_segmenter):
+    urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 2) for i in range(2)})
+    output = tmp_path / "out"
+    crashing = make_job(urls, output, executor="local", rows_per_row_group=1, batch_size=1,
+                        failure_injection=FailureInjection("shard-000001", after_rows=1, mode="raise", attempts=99))
+    summary = run_job(crashing, segmenter=fast_segmenter)
+    assert summary.exit_code == 1 and list(summary.failed) == ["shard-000001"]
+    assert "injected failure" in summary.failed["shard-000001"].error
+    # The failed shard left nothing: no marker, no (partial) data file, no _SUCCESS.
+    assert _output_files(output) == ["_job.json", "_manifest.parquet", "_markers/shard-000000.json", "data/shard-000000.parquet"]
+    manifest = {row["shard"]: row for row in read_manifest(str(output)).to_pylist()}
+    assert manifest["shard-000001"]["status"] == "failed" and manifest["shard-000001"]["attempts"] == 2
+
+    summary = run_job(crashing.replace(failure_injection=None), segmenter=fast_segmenter)
+    assert (summary.exit_code, summary.labelled) == (0, 1)
+    assert _keys(output) == Counter({f"s{i:02d}-{j:03d}": 1 for i in range(2) for j in range(2)})
+    assert (output / "_SUCCESS").exists()
+
+
+def test_unreadable_shards_are_retried_reported_and_the_job_goes_on(tmp_path, make_job, make_samples, fast_segmenter):
+    good, cut = write_shards(str(tmp_path / "in"), {"good.tar": make_samples(0, 1), "cut.tar": make_samples(1, 2)})
+    data = (tmp_path / "in" / "cut.tar").read_bytes()
+    (tmp_path / "in" / "cut.tar").write_bytes(data[: len(data) // 2 + 100])
+    missing = str(tmp_path / "in" / "missing.tar")
+    summary = run_job(make_job([good, cut, missing], tmp_path / "out", executor="local"), segmenter=fast_segmenter)
+    assert summary.exit_code == 1 and summary.labelled == 1
+    assert sorted(summary.failed) == ["cut", "missing"]
+    assert "does not exist" in summary.failed["missing"].error and "cut.tar" in summary.failed["cut"].error
+    statuses = {r["shard"]: (r["status"], r["attempts"]) for r in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert statuses == {"good": ("done", 1), "cut": ("failed", 2), "missing": ("failed", 2)}
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert not (tmp_path / "out" / "data" / "cut.parquet").exists()
+
+
+def test_changed_config_or_model_is_refused_unless_overwrite(tmp_path, make_job, make_samples, fast_segmenter, fast_config):
+    [url] = write_shards(str(tmp_path / "in"), {"shard-000000.tar": make_samples(0, 1)})
+    output = tmp_path / "out"
+    job = make_job([url], output, executor="local")
+    assert run_job(job, segmenter=fast_segmenter).exit_code == 0
+
+    changed = job.replace(method=fast_config.replace(num_masks=2))
+    with pytest.raises(JobRefused, match=r"num_masks: 3 -> 2.*--overwrite"):
+        run_job(changed)
+    with pytest.raises(JobRefused, match="model"):
+        plan_job(job.replace(model="someone/else"))
+    # Execution-only knobs (batching, chunking) do not change results, so they are no reason to refuse.
+    assert plan_job(job.replace(batch_size=7, method=fast_config.replace(chunk_size=4))).pending == []
+
+    summary = run_job(changed.replace(overwrite=True), segmenter=load_segmenter(changed))
+    assert summary.exit_code == 0 and summary.labelled == 1
+    assert read_job(str(output))["config"]["num_masks"] == 2
+    assert read_markers(str(output))[0].config_hash == changed.method.config_hash
+
+
+def test_an_output_with_nothing_labelled_yet_is_not_locked(tmp_path, make_job, fast_segmenter):
+    typo = make_job([str(tmp_path / "missing.tar")], tmp_path / "out", executor="local", model="owner/typo")
+    assert run_job(typo, segmenter=fast_segmenter).exit_code == 1  # the shard failed: nothing labelled
+    assert read_job(str(tmp_path / "out"))["model"] == "owner/typo"
+    assert plan_job(typo.replace(model="owner/right")).pending == ["missing"]
+
+
+def test_an_output_without_job_file_is_not_resumed(tmp_path, make_job):
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.fs.makedirs(layout.data_dir)
+    layout.fs.pipe_file(layout.data_path("shard-000000"), b"not ours")
+    with pytest.raises(JobRefused, match="no _job.json"):
+        plan_job(make_job(["x/shard-000000.tar"], tmp_path / "out"))
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, make_job):
+    with pytest.raises(ValueError, match="both be written as data/shard-1.parquet"):
+        plan_job(make_job(["a/shard-1.tar", "b/shard-1.tar"], tmp_path / "out"))
