@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray
 _CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
 _MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
-_REPLAY_SHARE = 0.4  # fraction of free memory the stored attention probabilities may take (SD 1.5 at 512 px: 21 GiB in fp16)
+# Fractions of free memory the stored attention probabilities may take (SD 1.5 at 512 px: 21 GiB in fp16).
+_REPLAY_SHARE_CUDA = 0.4
+_REPLAY_SHARE_CPU = 0.25
 
 
 class EmerDiffSegmenter:
@@ -204,13 +206,16 @@ class EmerDiffSegmenter:
 def _replay_budget(device: torch.device) -> int:
     """Bytes the reference run may spend on stored attention probabilities (attention_replay='auto').
 
-    Only on CUDA: there the probabilities halve the attention work of every modulated run. On a
-    CPU the memory is the data pipeline's too, and the fused CPU attention kernel measured faster
-    than replaying large probability matrices (README, Performance), so only the layers where
-    probabilities are smaller than query and key keep them.
+    Replaying probabilities halves the attention work of every modulated run and measured faster
+    on CPU as well as in FLOPs (README, Performance). On a CPU the memory is shared with the data
+    pipeline and possibly other actors, hence the smaller share.
     """
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0] * _REPLAY_SHARE)
+        return int(torch.cuda.mem_get_info(device)[0] * _REPLAY_SHARE_CUDA)
+    if device.type == "cpu":
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * _REPLAY_SHARE_CPU)
     return 0
 
 

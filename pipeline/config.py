@@ -132,6 +132,8 @@ def _absolute(url: str) -> str:
 def _problems(job: LabelJobConfig):
     if isinstance(job.inputs, str) or not job.inputs:
         yield f"inputs must be a non-empty list of shard URLs or patterns, got {job.inputs!r}"
+    elif any(not url.strip() for url in job.inputs):  # a blank would become the current folder
+        yield f"inputs must not contain blank entries (a stray empty line in a URL list?), got {list(job.inputs)!r}"
     elif not job.allow_pipe and any(url.startswith("pipe:") for url in job.inputs):
         yield "inputs contain 'pipe:' URLs, which run shell commands; pass --allow-pipe if you mean it"
     if not job.output:

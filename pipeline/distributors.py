@@ -15,11 +15,12 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 
 from pipeline.config import LabelJobConfig
 from pipeline.shard import Progress, ShardLabeler, ShardTask
-from schemas.layout import redact_url
+from schemas.layout import redact_url, redact_urls_in
 from schemas.markers import ShardMarker
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ShardQueue:
 
     def failed(self, task: ShardTask, error: str) -> ShardRetry | ShardFailed:
         self.in_flight.pop(task.name, None)
+        error = redact_urls_in(error)  # it goes to logs and the manifest
         if task.attempt < self.max_attempts:
             self._waiting.append(task.retry())
             return ShardRetry(task, error)
@@ -103,7 +105,7 @@ def run_locally(queue: ShardQueue, labeler: ShardLabeler, on_progress: ProgressC
         try:
             marker = labeler(task, on_progress)
         except Exception as error:  # the shard-level retry boundary: every cause is retried, then failed
-            logger.debug("shard %s attempt %d failed", task.name, task.attempt, exc_info=True)
+            logger.debug("shard %s attempt %d failed:\n%s", task.name, task.attempt, redact_urls_in(traceback.format_exc()))
             yield queue.failed(task, describe(error))
             continue
         yield queue.done(task, marker)

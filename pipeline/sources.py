@@ -12,6 +12,7 @@ import functools
 import importlib
 import tarfile
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 
 import braceexpand
 import fsspec
@@ -52,7 +53,7 @@ def expand_inputs(patterns: Sequence[str], storage_options: dict | None = None) 
     urls: list[str] = []
     for pattern in patterns:
         for url in braceexpand.braceexpand(pattern):
-            if url.startswith("pipe:") or not any(ch in url for ch in _GLOB_CHARS):
+            if url.startswith("pipe:") or not _is_glob(url):
                 urls.append(url)
                 continue
             fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
@@ -61,6 +62,12 @@ def expand_inputs(patterns: Sequence[str], storage_options: dict | None = None) 
                 raise FileNotFoundError(f"input pattern {redact_url(url)!r} matches no file")
             urls.extend(fs.unstrip_protocol(m) if is_remote(url) else m for m in matches)
     return list(dict.fromkeys(urls))
+
+
+def _is_glob(url: str) -> bool:
+    if "://" in url and "=" in urlsplit(url).query:  # a query string (signed URL), not a '?' wildcard
+        return any(ch in urlsplit(url).path for ch in _GLOB_CHARS)
+    return any(ch in url for ch in _GLOB_CHARS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ SUCCESS_FILE = "_SUCCESS"
 
 _TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact_url(url: str) -> str:
@@ -43,6 +44,12 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = "REDACTED" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with every URL in it redacted: error messages from HTTP and store clients quote the
+    full URL they failed on, signature included."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def shard_name(url: str) -> str:
