@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray
 _CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
 _MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
-# Fractions of free memory the stored attention probabilities may take (SD 1.5 at 512 px: 21 GiB in fp16).
+# Fractions of free memory the stored attention probabilities may take (SD 1.5 at 512 px: about 20 GiB in fp16).
 _REPLAY_SHARE_CUDA = 0.4
 _REPLAY_SHARE_CPU = 0.25
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -149,7 +150,7 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.init(address="local", include_dashboard=False)
     except (ConnectionError, RuntimeError) as error:
         where = f"the Ray cluster at {redact_url(target)}" if target else "a local Ray instance"
-        raise JobError(f"could not start or join {where}: {_first_line(error)}") from error
+        raise JobError(f"could not start or join {where}: {_original_message(error)}") from error
     if callable(sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced the caller's handler with sys.exit
     try:
@@ -171,9 +172,15 @@ def actor_options(job: LabelJobConfig, cluster: dict[str, float]) -> tuple[int, 
     return num_actors, {"num_gpus": 1 if use_gpu else 0, "num_cpus": num_cpus, "max_restarts": 0}
 
 
-def _first_line(error: BaseException) -> str:
-    # Ray's messages carry whole tracebacks; the last non-empty line is the original exception.
+def _original_message(error: BaseException) -> str:
+    # Ray's messages carry whole tracebacks; the original exception is the last "SomeError: ..."
+    # line, and a multi-line message (what to do next) continues after it.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    found = [(i, match.end()) for i, line in enumerate(lines)
+             if (match := re.search(r"\b[\w.]*(Error|Exception|Interrupt): ", line))]
+    if found:
+        index, end = found[-1]
+        return " ".join([lines[index][end:], *lines[index + 1:]])
     return lines[-1] if lines else type(error).__name__
 
 
@@ -228,8 +235,8 @@ class _RayActorPool:
             info = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as error:
             if not self.any_ready:  # the first model load failed: every other actor would too
-                raise JobError(f"the labelling actor could not start: {_first_line(error)}") from None
-            self._replace(actor, _first_line(error))
+                raise JobError(f"the labelling actor could not start: {_original_message(error)}") from None
+            self._replace(actor, _original_message(error))
             return
         self.any_ready = True
         self.idle.append(actor)
@@ -245,12 +252,12 @@ class _RayActorPool:
             yield queue.failed(task, "the actor finished the shard without a marker")
         except self.ray.exceptions.RayActorError as error:
             del self.running[generator]
-            self._replace(actor, _first_line(error))
-            yield queue.failed(task, f"actor died: {_first_line(error)}")
+            self._replace(actor, _original_message(error))
+            yield queue.failed(task, f"actor died: {_original_message(error)}")
         except self.ray.exceptions.RayTaskError as error:
             del self.running[generator]
             self.idle.append(actor)
-            yield queue.failed(task, describe(error.cause) if error.cause else _first_line(error))
+            yield queue.failed(task, describe(error.cause) if error.cause else _original_message(error))
         else:
             if isinstance(event, ShardMarker):
                 del self.running[generator]

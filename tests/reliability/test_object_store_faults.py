@@ -9,6 +9,7 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import pytest
+from local_http import serving
 from label_helpers import write_shards
 
 from pipeline.job import run_job
@@ -81,16 +82,8 @@ class _FaultyProxy(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _faulty_proxy(upstream):
     handler = type("Proxy", (_FaultyProxy,), {"upstream": upstream, "seen": set(), "faults": [], "lock": threading.Lock()})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(handler) as url:
+        yield url, handler
 
 
 @pytest.mark.timeout(120)

@@ -5,10 +5,10 @@ import http.server
 import json
 import logging
 import pickle
-import threading
 from pathlib import Path
 
 import pytest
+from local_http import serving
 from label_helpers import tar_bytes, write_shards
 
 from jobs.cli import run_module
@@ -91,15 +91,8 @@ class _SignedUrlStore(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _serve(files):
     handler = type("Store", (_SignedUrlStore,), {"files": files, "requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(handler) as url:
+        yield url, handler
 
 
 @pytest.mark.timeout(90)
