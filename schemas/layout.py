@@ -123,7 +123,8 @@ class OutputLayout:
     def success_path(self) -> str:
         return self._join(SUCCESS_FILE)
 
-    def url(self, path: str) -> str:
+    def full_url(self, path: str) -> str:
+        """``path`` (as the filesystem names it) with its protocol, e.g. s3://bucket/out/data/x.parquet."""
         return self.fs.unstrip_protocol(path)
 
     def list_markers(self) -> list[str]:

@@ -44,7 +44,7 @@ def load_markers(layout: OutputLayout, names: Sequence[str] | None = None) -> li
 def committed_data_files(output_url: str, storage_options: dict | None = None) -> list[str]:
     """Full URLs of the data files of done shards, sorted by shard name."""
     layout = OutputLayout(output_url, storage_options)
-    return [layout.url(layout.data_path(name)) for name in layout.list_markers()]
+    return [layout.full_url(layout.data_path(name)) for name in layout.list_markers()]
 
 
 def iter_rows(output_url: str, columns: Sequence[str] | None = None, storage_options: dict | None = None,

@@ -113,6 +113,21 @@ def test_layout_names_every_file_and_hides_the_bookkeeping(tmp_path):
     assert layout.list_markers() == ["a", "b"]
 
 
+def test_committed_data_files_are_full_urls_of_done_shards_only(tmp_path):
+    from schemas.reading import committed_data_files
+
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.fs.makedirs(layout.markers_dir)
+    layout.fs.makedirs(layout.data_dir)
+    for name in ("b", "a", "pending"):
+        layout.fs.pipe_file(layout.data_path(name), b"")
+    for name in ("b", "a"):
+        layout.fs.pipe_file(layout.marker_path(name), b"{}")
+    assert committed_data_files(str(tmp_path / "out")) == [
+        f"file://{tmp_path}/out/data/a.parquet", f"file://{tmp_path}/out/data/b.parquet",
+    ]
+
+
 def test_stats_add_up_and_cap_distinct_reasons():
     first, second = ShardStats(), ShardStats()
     first.count_row(True)
