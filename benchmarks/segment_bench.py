@@ -13,7 +13,6 @@ compute), which is machine independent. ``--smoke`` is a seconds-long run for CI
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import resource

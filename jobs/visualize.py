@@ -7,30 +7,16 @@ from PIL import Image
 
 
 def palette(count: int) -> np.ndarray:
-    """(count, 3) uint8 distinct colours, the same for every image (golden-ratio hues)."""
+    """(count, 3) uint8 colours, neighbours far apart in hue (golden-ratio steps), fixed forever."""
     hues = (np.arange(count) * 0.618033988749895) % 1.0
-    saturation = 0.65 + 0.35 * ((np.arange(count) // 7) % 2)
-    value = 0.95 - 0.25 * ((np.arange(count) // 3) % 2)
-    return (_hsv_to_rgb(hues, saturation, value) * 255).round().astype(np.uint8)
+    hsv = np.stack([hues * 255, np.full(count, 170), np.full(count, 240)], axis=1).astype(np.uint8)
+    return np.asarray(Image.fromarray(hsv[None], mode="HSV").convert("RGB"))[0]
 
 
 def colorize(labels: np.ndarray) -> Image.Image:
-    """RGB picture of a label map, one palette colour per id."""
-    return Image.fromarray(palette(int(labels.max()) + 1)[labels])
+    return Image.fromarray(palette(int(labels.max(initial=0)) + 1)[labels])
 
 
-def overlay(image: Image.Image, labels: np.ndarray, opacity: float = 0.5) -> Image.Image:
-    """The label colours blended over the image (resized to the label map if needed)."""
-    colours = colorize(labels)
-    return Image.blend(image.convert("RGB").resize(colours.size), colours, opacity)
-
-
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    sector = np.floor(h * 6).astype(int) % 6
-    f = h * 6 - np.floor(h * 6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack([
-        np.stack([v, t, p], -1), np.stack([q, v, p], -1), np.stack([p, v, t], -1),
-        np.stack([p, q, v], -1), np.stack([t, p, v], -1), np.stack([v, p, q], -1),
-    ])
-    return table[sector, np.arange(len(h))]
+def overlay(photo: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    colours = colorize(labels).resize(photo.size, Image.Resampling.NEAREST)
+    return Image.blend(photo, colours, alpha)

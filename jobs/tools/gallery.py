@@ -20,6 +20,7 @@ from fsspec.core import url_to_fs
 from PIL import Image
 from tqdm import tqdm
 
+from jobs.visualize import colorize, overlay
 from pipeline.config import LabelJobConfig
 from pipeline.decode import SampleError, decode_image, find_image
 from pipeline.sources import ShardReadError, ShardStream
@@ -165,22 +166,6 @@ def _decode_options(config: PreviewConfig) -> tuple[tuple[str, ...], int]:
 
 
 # -- pictures ------------------------------------------------------------------------------------------
-
-
-def palette(count: int) -> np.ndarray:
-    """(count, 3) uint8 colours, neighbours far apart in hue (golden-ratio steps), fixed forever."""
-    hues = (np.arange(count) * 0.618033988749895) % 1.0
-    hsv = np.stack([hues * 255, np.full(count, 170), np.full(count, 240)], axis=1).astype(np.uint8)
-    return np.asarray(Image.fromarray(hsv[None], mode="HSV").convert("RGB"))[0]
-
-
-def colorize(labels: np.ndarray) -> Image.Image:
-    return Image.fromarray(palette(int(labels.max(initial=0)) + 1)[labels])
-
-
-def overlay(photo: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    colours = colorize(labels).resize(photo.size, Image.Resampling.NEAREST)
-    return Image.blend(photo, colours, alpha)
 
 
 def thumbnail(picture: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:

@@ -78,7 +78,7 @@ def test_photos_of_a_missing_shard_are_reported_not_fatal(tmp_path, small_output
 
 
 def test_overlay_blends_the_photo_with_the_label_colours():
-    from jobs.tools.gallery import overlay, palette
+    from jobs.visualize import overlay, palette
 
     photo = Image.new("RGB", (2, 1), (0, 0, 0))
     blended = np.asarray(overlay(photo, np.array([[0, 1]]), alpha=0.5)).astype(float)

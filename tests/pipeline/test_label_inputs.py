@@ -3,7 +3,6 @@
 import io
 import uuid
 
-import numpy as np
 import pytest
 from PIL import Image
 
