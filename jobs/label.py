@@ -3,10 +3,14 @@
   emerdiff label --input 's3://bucket/shards/shard-{000000..000999}.tar' \\
                  --output s3://bucket/labels/run1 --model stable-diffusion-v1-5/stable-diffusion-v1-5
 
+Shards can also be listed in text files, one URL (or pattern) per line: --input-list urls.txt.
+
 Without --address (or RAY_ADDRESS) a local Ray starts; under `ray job submit` the job joins the
 cluster. Rerun the same command to resume: shards with a marker in OUTPUT/_markers/ are skipped.
 Output: OUTPUT/data/<shard>.parquet (one row per sample), OUTPUT/_manifest.parquet, OUTPUT/_SUCCESS.
-Exit status: 0 all shards done, 1 some shard failed, 2 refused (bad options, incompatible output),
+One job at a time writes an output: a second one on the same --output is refused (exit 2) naming
+the job that holds it, or waits with --lease-wait. Exit status: 0 all shards done, 1 some shard
+failed (or the output was taken over), 2 refused (bad options, incompatible or busy output),
 130 interrupted.
 """
 
@@ -33,9 +37,13 @@ FAILURE_INJECTION_ENV = "EMERDIFF_FAILURE_INJECTION"  # JSON of pipeline.config.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", dest="inputs", nargs="+", required=True, metavar="URL",
+    parser.add_argument("--input", dest="inputs", nargs="+", action="extend", default=[], metavar="URL",
                         help="Input shards: URLs, brace patterns ('shard-{000000..000099}.tar') or globs, "
                              "on local disk or any fsspec store (s3://, gs://, az://, ...).")
+    parser.add_argument("--input-list", dest="input_lists", action="append", default=[], metavar="URL",
+                        help="Text file (local or fsspec URL) with one --input entry per line, added after "
+                             "--input; blank lines and '#' comments (a whole line, or after a space) are "
+                             "skipped. Repeatable. At least one of --input and --input-list is required.")
     parser.add_argument("--output", required=True, metavar="URL",
                         help="Output folder (local path or fsspec URL); see the layout above.")
     add_model_arguments(parser)
@@ -86,7 +94,7 @@ def job_from_args(args: argparse.Namespace) -> LabelJobConfig:
     """The job config the flags describe; raises ValueError naming any bad value."""
     injection = os.environ.get(FAILURE_INJECTION_ENV)
     return LabelJobConfig(
-        inputs=tuple(args.inputs),
+        inputs=_inputs_from_args(args),
         output=args.output,
         model=args.model,
         method=config_from_args(args),
@@ -97,6 +105,16 @@ def job_from_args(args: argparse.Namespace) -> LabelJobConfig:
         failure_injection=FailureInjection(**json.loads(injection)) if injection else None,
         **{field.name: getattr(args, field.name) for field in _job_option_fields()},
     )
+
+
+def _inputs_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """--input entries, then each --input-list's entries in file order; raises ValueError for none."""
+    from pipeline.sources import read_url_list  # imports webdataset: not needed for --help
+
+    if not args.inputs and not args.input_lists:
+        raise ValueError("no input shards: pass --input URL [URL ...], --input-list URL, or both")
+    listed = [entry for url in args.input_lists for entry in read_url_list(url, args.storage_options)]
+    return (*args.inputs, *listed)
 
 
 @contextlib.contextmanager
@@ -127,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from emerdiff import ModelLoadError
     from pipeline.distributors import JobError
     from pipeline.job import JobRefused, plan_job, run_job
+    from pipeline.lease import LeaseHeld, LeaseLost
 
     _quiet_store_clients()
     try:
@@ -136,9 +155,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         with _sigterm_as_interrupt():
             summary = run_job(job)
-    except (JobRefused, ValueError, FileNotFoundError, ModelLoadError, JobError) as error:
+    except (JobRefused, LeaseHeld, ValueError, FileNotFoundError, ModelLoadError, JobError) as error:
         logger.error("%s", error)
         return 2
+    except LeaseLost as error:  # another job took the output over: this one's work stops uncommitted
+        logger.error("%s", error)
+        return 1
     except KeyboardInterrupt:  # before any shard started; run_job handles it afterwards
         return 130
     print(summary.format())

@@ -77,6 +77,11 @@ class LabelJobConfig:
     model_cache_dir: str | None = _option(
         None, "Node-local folder where a --model given as URL is copied once. Default: $EMERDIFF_MODEL_CACHE or ~/.cache/emerdiff/models.")
     allow_pipe: bool = _option(False, "Allow 'pipe:COMMAND' inputs, which run a shell command per shard.")
+    lease_seconds: float = _option(
+        120.0, "The job holds OUTPUT/_lease.json, renewed every quarter of this; if its driver dies, another job may "
+               "take the output over this long after the last renewal.")
+    lease_wait: float = _option(
+        0.0, "Seconds to wait for another job writing the same --output to finish (or its lease to expire) instead of refusing at once.")
     overwrite: bool = _option(False, "Delete an existing output in --output (whatever made it) and label every shard again.")
     dry_run: bool = _option(False, "List pending and done shards and exit: no model is loaded, no Ray started.")
 
@@ -144,6 +149,10 @@ def _problems(job: LabelJobConfig):
             yield f"{name} must be a positive integer, got {value!r}"
     if job.num_actors is not None and (isinstance(job.num_actors, bool) or not isinstance(job.num_actors, int) or job.num_actors < 1):
         yield f"num_actors must be a positive integer or unset, got {job.num_actors!r}"
+    if isinstance(job.lease_seconds, bool) or not isinstance(job.lease_seconds, (int, float)) or not job.lease_seconds > 0:
+        yield f"lease_seconds must be a number of seconds > 0, got {job.lease_seconds!r}"
+    if isinstance(job.lease_wait, bool) or not isinstance(job.lease_wait, (int, float)) or not job.lease_wait >= 0:
+        yield f"lease_wait must be a number of seconds >= 0, got {job.lease_wait!r}"
     if job.cpus_per_actor is not None and not job.cpus_per_actor > 0:
         yield f"cpus_per_actor must be > 0 or unset, got {job.cpus_per_actor!r}"
     if job.executor not in ("ray", "local"):

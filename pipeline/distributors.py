@@ -27,6 +27,7 @@ from schemas.markers import ShardMarker
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
+_UNSCHEDULED_WARNING_SECONDS = 120.0
 
 
 class JobError(RuntimeError):
@@ -198,7 +199,7 @@ class _RayActorPool:
         self.idle: list = []
         self.running: dict = {}  # streaming generator -> (actor, task)
         self.any_ready = False
-        self.deaths = 0
+        self.deaths = 0  # since the last committed shard
         self.waiting_since = time.monotonic()
         for _ in range(num_actors):
             self._start_actor()
@@ -210,9 +211,10 @@ class _RayActorPool:
     def _replace(self, actor, reason: str) -> None:
         self.ray.kill(actor, no_restart=True)
         self.deaths += 1
-        # An actor that keeps dying is not a shard's fault; stop before burning the cluster.
+        # Actors that keep dying without committing anything are not a shard's fault (a crash loop);
+        # stop before burning the cluster. Deaths between commits (spot preemptions over days) are not.
         if self.deaths > self.num_actors * self.job.max_attempts:
-            raise JobError(f"{self.deaths} Ray actors died; the last: {reason}")
+            raise JobError(f"{self.deaths} Ray actors died without a shard committed in between; the last: {reason}")
         logger.warning("a labelling actor died (%s); starting a replacement", reason)
         self._start_actor()
 
@@ -262,14 +264,20 @@ class _RayActorPool:
             if isinstance(event, ShardMarker):
                 del self.running[generator]
                 self.idle.append(actor)
+                self.deaths = 0
                 yield queue.done(task, event)
             else:
                 on_progress(event)
 
     def _warn_if_unscheduled(self) -> None:
-        if self.any_ready or time.monotonic() - self.waiting_since < 120:
+        # Before the first model loads, or after every node with a GPU was lost: shards wait, no
+        # actor can be placed, and without a word the job would look hung.
+        if self.idle or self.running:
+            self.waiting_since = time.monotonic()
             return
-        logger.warning("no labelling actor has started after %.0fs; each needs %s. Cluster resources: %s",
+        if time.monotonic() - self.waiting_since < _UNSCHEDULED_WARNING_SECONDS:
+            return
+        logger.warning("no labelling actor is running for %.0fs; each needs %s. Cluster resources now: %s",
                        time.monotonic() - self.waiting_since, self.options, self.ray.cluster_resources())
         self.waiting_since = time.monotonic()
 

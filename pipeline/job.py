@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow.parquet as pq
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -24,10 +24,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import emerdiff
 from pipeline.config import LabelJobConfig
 from pipeline.distributors import (
-    Event, ShardDone, ShardFailed, ShardQueue, ShardRetry, WorkerReady, run_locally, run_on_ray,
+    Event, ProgressCallback, ShardDone, ShardFailed, ShardQueue, ShardRetry, WorkerReady, run_locally, run_on_ray,
 )
+from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
-from pipeline.shard import ShardLabeler, ShardTask
+from pipeline.shard import Progress, ShardLabeler, ShardTask
+from pipeline.storage import replace_file
 from pipeline.sources import expand_inputs
 from schemas.labels import SCHEMA_VERSION
 from schemas.layout import OutputLayout, redact_url, shard_name
@@ -54,9 +56,13 @@ class ShardPlan:
     pending: list[str]  # names to label
     previous_job: dict | None  # the output's _job.json, if any
     overwrite: bool = False
+    lease: LeaseRecord | None = None  # the job writing the output now, if any
+
 
     def format(self) -> str:
         lines = [f"output {self.output}: {len(self.shards)} input shard(s), {len(self.done)} done, {len(self.pending)} pending"]
+        if self.lease is not None:
+            lines.append(f"being written now by {self.lease.describe(time.time())}")
         if self.overwrite and self.previous_job:
             lines.append("--overwrite: the existing output would be deleted first and every shard labelled again")
         lines += [f"  pending  {name}  {redact_url(self.shards[name])}" for name in self.pending]
@@ -78,6 +84,7 @@ def plan_job(job: LabelJobConfig, layout: OutputLayout | None = None) -> ShardPl
         pending=[name for name in shards if name not in done],
         previous_job=previous,
         overwrite=job.overwrite,
+        lease=read_lease(layout),
     )
 
 
@@ -172,19 +179,30 @@ class JobSummary:
         return "\n".join(lines)
 
 
-def run_job(job: LabelJobConfig, segmenter=None) -> JobSummary:
+def run_job(job: LabelJobConfig, segmenter=None,
+            distribute: Callable[[ShardQueue, ProgressCallback], Iterator[Event]] | None = None) -> JobSummary:
     """Label every pending input shard of ``job``; see the module docstring for the protocol.
 
     ``segmenter``: an already loaded EmerDiffSegmenter for the local executor (tests); the Ray
-    actors always load their own. Raises JobRefused or ValueError before any work for bad
-    options; a shard that keeps failing does not raise, it is reported in the summary.
+    actors always load their own. ``distribute``: runs the shards instead of the local loop or
+    Ray, yielding the same events (simulations and tests: benchmarks/scale_sim.py). Raises
+    JobRefused or ValueError before any work for bad options; a shard that keeps failing does
+    not raise, it is reported in the summary.
     """
     started = time.monotonic()
     job = job.with_absolute_paths()
     layout = OutputLayout(job.output, job.storage_options)
+    with OutputLease(layout, job.lease_seconds, job.lease_wait) as lease:
+        summary = _run_holding_lease(job, layout, lease, segmenter, distribute)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _run_holding_lease(job: LabelJobConfig, layout: OutputLayout, lease: OutputLease, segmenter, distribute) -> JobSummary:
     plan = plan_job(job, layout)
     if job.overwrite:
         _clear_output(layout)
+    _remove_temp_files(layout)
     record = _job_record(job, plan.previous_job)
     _write_json(layout, layout.job_path, record)
     summary = JobSummary(output=plan.output, shards=len(plan.shards), skipped=len(plan.done))
@@ -194,9 +212,15 @@ def run_job(job: LabelJobConfig, segmenter=None) -> JobSummary:
 
     queue = ShardQueue([ShardTask(plan.shards[name]) for name in plan.pending], job.max_attempts)
     progress = ImageProgress(len(plan.pending))
+
+    def on_progress(event: Progress) -> None:
+        lease.check()  # progress arrives every batch, events only once per shard
+        progress.update(event)
+
     try:
-        with logging_redirect_tqdm(), contextlib.closing(_distribute(job, queue, progress, segmenter)) as events:
+        with logging_redirect_tqdm(), contextlib.closing(_distribute(job, queue, on_progress, segmenter, distribute)) as events:
             for event in events:
+                lease.check()
                 _record_event(event, layout, record, summary, progress)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -206,22 +230,24 @@ def run_job(job: LabelJobConfig, segmenter=None) -> JobSummary:
     finally:
         progress.close()
     if not summary.interrupted:
+        lease.check()
         _finish(layout, plan, summary)
-    summary.wall_seconds = time.monotonic() - started
     return summary
 
 
-def _distribute(job: LabelJobConfig, queue: ShardQueue, progress: ImageProgress, segmenter) -> Iterator[Event]:
+def _distribute(job: LabelJobConfig, queue: ShardQueue, on_progress: ProgressCallback, segmenter, distribute) -> Iterator[Event]:
     if not queue:  # nothing to do: no model, no Ray
         return
-    if job.executor == "local":
+    if distribute is not None:
+        yield from distribute(queue, on_progress)
+    elif job.executor == "local":
         if segmenter is None:
             from pipeline.models import load_segmenter
 
             segmenter = load_segmenter(job)
-        yield from run_locally(queue, ShardLabeler(segmenter, job), progress.update)
+        yield from run_locally(queue, ShardLabeler(segmenter, job), on_progress)
     else:
-        yield from run_on_ray(queue, job, progress.update)
+        yield from run_on_ray(queue, job, on_progress)
 
 
 def _record_event(event: Event, layout: OutputLayout, record: dict, summary: JobSummary, progress: ImageProgress) -> None:
@@ -279,9 +305,7 @@ def _now() -> str:
 
 
 def _write_json(layout: OutputLayout, path: str, value: dict) -> None:
-    layout.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with layout.fs.open(path, "w") as file:
-        json.dump(value, file, indent=1, sort_keys=True)
+    replace_file(layout.fs, path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 def _clear_output(layout: OutputLayout) -> None:
@@ -290,6 +314,14 @@ def _clear_output(layout: OutputLayout) -> None:
     paths += [p for p in (layout.manifest_path, layout.success_path, layout.job_path) if layout.fs.exists(p)]
     if paths:
         logger.warning("--overwrite: deleting %d file(s) of the previous output", len(paths))
+        layout.fs.rm(paths)
+
+
+def _remove_temp_files(layout: OutputLayout) -> None:
+    """Delete hidden half-written files that killed processes left on a local disk."""
+    paths = layout.list_temp_files()
+    if paths:
+        logger.info("removing %d unfinished file(s) left by an interrupted run", len(paths))
         layout.fs.rm(paths)
 
 
@@ -311,8 +343,7 @@ def _finish(layout: OutputLayout, plan: ShardPlan, summary: JobSummary) -> None:
     ]
     buffer = io.BytesIO()
     pq.write_table(manifest_table(rows), buffer)
-    with layout.fs.open(layout.manifest_path, "wb") as file:
-        file.write(buffer.getvalue())
+    replace_file(layout.fs, layout.manifest_path, buffer.getvalue())
     if summary.failed or not set(plan.shards) <= done:
         return
     _write_json(layout, layout.success_path, {

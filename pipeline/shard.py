@@ -3,8 +3,9 @@
     shard URL -> samples (webdataset, fsspec) -> decoded pictures (reader thread)
               -> rows (segment_batch, in order) -> data/<shard>.parquet -> _markers/<shard>.json
 
-The Ray actors, the local loop and the tests all call ``ShardLabeler.run`` unchanged. The marker is
-written only after the data file is closed; an attempt that fails leaves neither behind.
+The Ray actors, the local loop and the tests all call ``ShardLabeler.run`` unchanged. The data file
+becomes visible only when it is complete, and the marker is created after it, only if absent; an
+attempt that fails leaves neither behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.config import FailureInjection, LabelJobConfig
 from pipeline.decode import decode_samples
 from pipeline.sources import ShardInfo, ShardStream, shard_info
 from pipeline.stages import BatchSegmenter, prefetch
+from pipeline.storage import create_exclusive
 from pipeline.writer import ParquetShardWriter
 from schemas.labels import SCHEMA_VERSION, STATUS_OK, error_reason, file_metadata, labels_schema
 from schemas.layout import DATA_DIR, OutputLayout, redact_url, shard_name
@@ -118,23 +120,44 @@ class ShardLabeler:
                 stats.count_row(row["status"] == STATUS_OK, error_reason(row["error"]) if row["error"] else None)
                 if stats.rows % self.job.batch_size == 0:
                     yield Progress(task.name, task.attempt, stats.rows, stream.bytes_read, info.size)
+            stats.segment_seconds = segmenter.model_seconds
+            stats.read_seconds = max(stats.read_seconds - segmenter.model_seconds, 0.0)
+            yield Progress(task.name, task.attempt, stats.rows, stream.bytes_read, info.size)
             write_started = time.perf_counter()
-            data_bytes = writer.close()
+            data_bytes = writer.finish()
             stats.write_seconds += time.perf_counter() - write_started
+            stats.wall_seconds = time.perf_counter() - started
+            marker = self._commit(writer, self._marker(task, info, stats, data_bytes, started_at))
         except BaseException:
             rows.close()
             writer.abandon()
             raise
-        stats.segment_seconds = segmenter.model_seconds
-        stats.read_seconds = max(stats.read_seconds - segmenter.model_seconds, 0.0)
-        stats.wall_seconds = time.perf_counter() - started
-        yield Progress(task.name, task.attempt, stats.rows, stream.bytes_read, info.size)
-        marker = self._marker(task, info, stats, data_bytes, started_at)
-        # The commit: from here on the shard is done, and a rerun skips it.
-        with self.layout.fs.open(self.layout.marker_path(task.name), "w") as file:
-            file.write(marker.to_json())
         logger.debug("shard %s done: %d rows, %d errors, %.1fs", task.name, stats.rows, stats.errors, stats.wall_seconds)
         yield marker
+
+    def _commit(self, writer: ParquetShardWriter, marker: ShardMarker) -> ShardMarker:
+        """The data file, then the marker that makes the shard done; returns the marker that counts.
+
+        The marker is created only if absent, so a shard is committed once even if two attempts
+        race to the end (a lease taken over, a store without the lease's guarantees).
+        """
+        fs, path = self.layout.fs, self.layout.marker_path(marker.shard)
+        fs.invalidate_cache(path)
+        if fs.exists(path):
+            writer.abandon()  # committed meanwhile: keep that attempt's file, it matches its marker
+            return self._existing_marker(path, marker)
+        writer.commit()
+        if create_exclusive(fs, path, marker.to_json().encode()):
+            return marker
+        return self._existing_marker(path, marker)
+
+    def _existing_marker(self, path: str, ours: ShardMarker) -> ShardMarker:
+        existing = ShardMarker.from_json(self.layout.fs.cat_file(path))
+        if (existing.worker, existing.attempt, existing.started_at) != (ours.worker, ours.attempt, ours.started_at):
+            # Not our own write seen twice (a put retried after a lost response): another attempt won.
+            logger.warning("shard %s was committed by %s (attempt %d) while %s labelled it; keeping that commit",
+                           ours.shard, existing.worker, existing.attempt, ours.worker)
+        return existing
 
     def _marker(self, task: ShardTask, info: ShardInfo, stats: ShardStats, data_bytes: int, started_at: str) -> ShardMarker:
         return ShardMarker(

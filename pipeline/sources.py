@@ -1,4 +1,5 @@
-"""Input shards: expanding patterns into URLs, and streaming a shard's samples with webdataset.
+"""Input shards: reading URL list files, expanding patterns into URLs, and streaming a shard's
+samples with webdataset.
 
 webdataset opens local files and ``pipe:`` commands itself but has no opener for object stores
 (it shells out to ``gsutil``/``curl``), so ``register_fsspec_opener`` adds one for every fsspec
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
@@ -22,6 +24,9 @@ from webdataset.handlers import reraise_exception
 from schemas.layout import redact_url
 
 _GLOB_CHARS = "*?["
+# In a URL list, "#" after whitespace starts a comment, as in pip requirements files: URLs cannot
+# hold raw whitespace, so "a.tar # note" loses its note while "a.tar#frag" stays whole.
+_TRAILING_COMMENT = re.compile(r"\s+#.*")
 # webdataset keeps its own handling of these: local files, shell pipes.
 _WEBDATASET_NATIVE = {"file", "local", "pipe"}
 # The module, not the function of the same name that `webdataset` exports.
@@ -46,6 +51,44 @@ def register_fsspec_opener() -> None:
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith(("file://", "local://"))
+
+
+def read_url_list(url: str, storage_options: dict | None = None) -> list[str]:
+    """The entries of a URL list file (local path or fsspec URL), one per line, in file order.
+
+    Lines are stripped of whitespace (CRLF endings too) and a UTF-8 byte-order mark; blank lines,
+    lines starting with ``#`` and trailing `` # comments`` are skipped. Entries are kept as written
+    (patterns, globs, relative paths), exactly as if given to ``--input``. Raises FileNotFoundError
+    for a missing file and ValueError for a folder, a file that is not UTF-8 text, or a list with no
+    entries.
+    """
+    try:
+        with fsspec.open(url, "rt", encoding="utf-8-sig", **(storage_options or {})) as lines:
+            entries = [entry for entry in (_list_entry(line) for line in lines) if entry]
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"URL list {redact_url(url)} does not exist; check the path given to --input-list "
+            "(and --storage-options for a remote store)"
+        ) from None
+    except IsADirectoryError:
+        raise ValueError(
+            f"URL list {redact_url(url)} is a folder; --input-list takes a text file with one shard URL per "
+            "line (to label every shard in a folder, use --input 'FOLDER/*.tar')"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"URL list {redact_url(url)} is not UTF-8 text ({error.reason}); "
+            "--input-list takes a text file with one shard URL per line"
+        ) from None
+    if not entries:
+        raise ValueError(f"URL list {redact_url(url)} has no URLs (only blank lines and # comments)")
+    return entries
+
+
+def _list_entry(line: str) -> str:
+    """The URL on one line of a URL list; empty for blank and comment lines."""
+    line = line.strip()
+    return "" if line.startswith("#") else _TRAILING_COMMENT.sub("", line)
 
 
 def expand_inputs(patterns: Sequence[str], storage_options: dict | None = None) -> list[str]:

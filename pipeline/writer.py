@@ -1,8 +1,8 @@
-"""Streaming rows into one shard's Parquet file, under its final key.
+"""Streaming rows into one shard's Parquet file, which appears under its final key only on commit.
 
-Object stores make a streamed upload visible only when it completes, and the shard's marker,
-written after, is what makes the file count; so the file is written directly under its final name,
-and a rerun of the shard simply overwrites it. ``abandon`` removes what an interrupted attempt wrote.
+The file is written as a ``pipeline.storage.PendingFile``: an object-store upload completed only by
+``commit()``, or a hidden temp file renamed into place on local disk. So an attempt that dies
+leaves nothing under ``data/``, and ``abandon`` never touches a file another attempt committed.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage import PendingFile
 from schemas.labels import rows_to_batch
 
 
 class _Sink:
     """The file object pyarrow writes to; once abandoned, writes go nowhere (no footer is written)."""
 
-    def __init__(self, file):
+    def __init__(self, file: PendingFile):
         self._file = file
         self.abandoned = False
         self.closed = False
@@ -36,7 +37,10 @@ class _Sink:
 
 
 class ParquetShardWriter:
-    """``write(row)`` buffers rows and writes a row group every ``rows_per_row_group`` rows."""
+    """``write(row)`` buffers rows and writes a row group every ``rows_per_row_group`` rows.
+
+    Then ``finish()`` writes the footer, and ``commit()`` makes the file visible; or ``abandon()``.
+    """
 
     def __init__(self, fs, path: str, schema: pa.Schema, rows_per_row_group: int):
         self.fs = fs
@@ -44,9 +48,10 @@ class ParquetShardWriter:
         self.schema = schema
         self.rows_per_row_group = rows_per_row_group
         self._buffer: list[dict] = []
-        self._file = fs.open(path, "wb")
+        self._file = PendingFile(fs, path)
         self._sink = _Sink(self._file)
         self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd")
+        self._finished = False
 
     def write(self, row: dict) -> None:
         self._buffer.append(row)
@@ -58,19 +63,21 @@ class ParquetShardWriter:
             self._writer.write_batch(rows_to_batch(self._buffer, self.schema))
             self._buffer = []
 
-    def close(self) -> int:
-        """Write the footer and close; returns the file's size in bytes."""
+    def finish(self) -> int:
+        """Write the last rows and the footer; returns the file's size in bytes. Not yet visible."""
         self._flush_rows()
         self._writer.close()
-        size = self._file.tell()
-        self._file.close()
-        return size
+        self._finished = True
+        return self._file.tell()
+
+    def commit(self) -> None:
+        """Make the finished file visible under ``path``, replacing any earlier attempt's."""
+        self._file.commit()
 
     def abandon(self) -> None:
-        """Stop without a valid file: nothing is left under the final key."""
+        """Stop without a file: nothing appears under ``path``."""
         self._sink.abandoned = True
         self._buffer = []
-        self._writer.close()
-        self._file.close()
-        if self.fs.exists(self.path):
-            self.fs.rm_file(self.path)
+        if not self._finished:
+            self._writer.close()
+        self._file.discard()

@@ -6,6 +6,7 @@
       _job.json                   model, resolved config and job options of the run
       _manifest.parquet           one row per shard (see schemas.markers), written at the end
       _SUCCESS                    written when every input shard is done
+      _lease.json                 held by the job writing the output now (pipeline.lease)
 
 Everything but the data files starts with ``_`` so Parquet readers pointed at ``OUTPUT/data/``
 (or at ``OUTPUT/`` with the usual ``_``-prefix filter) see only labels.
@@ -24,6 +25,8 @@ MARKERS_DIR = "_markers"
 JOB_FILE = "_job.json"
 MANIFEST_FILE = "_manifest.parquet"
 SUCCESS_FILE = "_SUCCESS"
+LEASE_FILE = "_lease.json"
+TEMP_SUFFIX = ".tmp"  # hidden files being written on local disk (pipeline.storage)
 
 _TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -123,6 +126,10 @@ class OutputLayout:
     def success_path(self) -> str:
         return self._join(SUCCESS_FILE)
 
+    @property
+    def lease_path(self) -> str:
+        return self._join(LEASE_FILE)
+
     def full_url(self, path: str) -> str:
         """``path`` (as the filesystem names it) with its protocol, e.g. s3://bucket/out/data/x.parquet."""
         return self.fs.unstrip_protocol(path)
@@ -135,12 +142,19 @@ class OutputLayout:
         """Names of the shards that have a data file (done or not), sorted."""
         return sorted(path.rsplit("/", 1)[-1].removesuffix(".parquet") for path in self._list(self.data_dir, ".parquet"))
 
+    def list_temp_files(self) -> list[str]:
+        """Paths of unfinished local writes (``.<name>.<id>.tmp``) that a killed process left behind."""
+        return [path for directory in (self.data_dir, self.markers_dir) for path in self._ls(directory)
+                if path.rsplit("/", 1)[-1].startswith(".") and path.endswith(TEMP_SUFFIX)]
+
     def _list(self, directory: str, suffix: str) -> list[str]:
+        return [p for p in self._ls(directory) if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith((".", "_"))]
+
+    def _ls(self, directory: str) -> list[str]:
         # Object-store listings are cached per filesystem instance; another process may have
         # written since, so always ask the store.
         self.fs.invalidate_cache(directory)
         try:
-            paths = self.fs.ls(directory, detail=False)
+            return self.fs.ls(directory, detail=False)
         except FileNotFoundError:
             return []
-        return [p for p in paths if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith((".", "_"))]

@@ -44,10 +44,14 @@ def _job(argv):
     return label.job_from_args(parser.parse_args(argv))
 
 
+def _in_progress(output):
+    """Data files being written: hidden until committed (pipeline.storage.PendingFile)."""
+    return sorted((output / "data").glob(".*.tmp")) if (output / "data").exists() else []
+
+
 def _mid_shard(output):
     """True once a shard is committed and the next one's data file is being written."""
-    done = {p.stem for p in (output / "_markers").glob("*.json")}
-    return bool(done) and bool({p.stem for p in (output / "data").glob("*.parquet")} - done)
+    return any((output / "_markers").glob("*.json")) and bool(_in_progress(output))
 
 
 def _rows(output):
@@ -83,16 +87,18 @@ def test_rerun_after_sigkill_labels_only_unfinished_shards_and_matches_a_clean_r
 
     done = sorted(p.stem for p in markers.iterdir())
     assert 1 <= len(done) < SHARDS and not (output / "_SUCCESS").exists()
-    partial = sorted({p.stem for p in (output / "data").iterdir()} - set(done))
-    assert partial  # the killed attempt left a data file with no marker
+    assert sorted(p.stem for p in (output / "data").glob("*.parquet")) == done  # readers never see a partial file
+    assert _in_progress(output)  # the killed attempt's hidden temp file
+    assert (output / "_lease.json").exists()  # nobody released it: the rerun must see its holder is dead
     committed = {name: (output / "data" / f"{name}.parquet").stat().st_mtime_ns for name in done}
     job = _job([*argv, "--output", str(output)])
-    assert plan_job(job).done == done and set(partial) <= set(plan_job(job).pending)  # not mistaken for done
+    assert plan_job(job).done == done and len(plan_job(job).pending) == SHARDS - len(done)
 
     summary = run_job(job, segmenter=fast_segmenter)
     assert (summary.exit_code, summary.skipped, summary.labelled) == (0, len(done), SHARDS - len(done))
     assert {name: (output / "data" / f"{name}.parquet").stat().st_mtime_ns for name in done} == committed
     assert (output / "_SUCCESS").exists()
+    assert not _in_progress(output) and not (output / "_lease.json").exists()
 
     clean = run_job(_job([*argv, "--output", str(tmp_path / "clean")]), segmenter=fast_segmenter)
     assert clean.exit_code == 0

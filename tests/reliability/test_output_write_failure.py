@@ -23,6 +23,12 @@ class _NoSpace(io.RawIOBase):
     def tell(self) -> int:
         return 0
 
+    def commit(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def discard(self) -> None:
+        pass
+
 
 class _FullDiskFileSystem(MemoryFileSystem):
     """memory://, except that writing a file whose path contains one of ``full`` fails with ENOSPC."""
@@ -31,7 +37,7 @@ class _FullDiskFileSystem(MemoryFileSystem):
     full: tuple[str, ...] = ()
 
     def _open(self, path, mode="rb", **kwargs):
-        if "w" in mode and any(part in path for part in self.full):
+        if ("w" in mode or "x" in mode) and any(part in path for part in self.full):
             return _NoSpace()
         return super()._open(path, mode, **kwargs)
 
