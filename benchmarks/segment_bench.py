@@ -18,6 +18,7 @@ import logging
 import resource
 import statistics
 import time
+import typing
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
+from emerdiff.config import Compile
 from emerdiff.reference import ReferenceEmerDiff
 from emerdiff.tiny import random_parts
 
@@ -59,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Production dtype (default: the segmenter's default for the device). The reference is always fp32.")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--attention-replay", default="auto", choices=["auto", "query_key", "probabilities"])
+    parser.add_argument("--channels-last", action="store_true", help="Production UNet and VAE in channels-last memory format.")
+    parser.add_argument("--torch-compile", default="none", choices=list(typing.get_args(Compile)),
+                        help="torch.compile the production UNet's transformer blocks and/or VAE decoder (the reference stays eager).")
     parser.add_argument("--no-reference", action="store_true", help="Skip the slow reference (time and agreement).")
     parser.add_argument("--flops-shape", default=None, choices=["tiny", "mid", "sd15"])
     parser.add_argument("--flops-resolution", type=int, default=512)
@@ -101,7 +106,12 @@ class StageCounter:
         setattr(owner, method, counted)
 
     def count_calls(self, unet, vae_decoder) -> None:
+        # One evaluation per noise prediction. The shared prefix (emerdiff/denoising.py) turns a batch-1
+        # input into one prediction per run, hence the output hook; the features pass stops before its
+        # output, hence the input hook.
         unet.register_forward_pre_hook(lambda module, args: self._add("unet_evaluations", args[0].shape[0]))
+        unet.register_forward_hook(
+            lambda module, args, output: self._add("unet_evaluations", output[0].shape[0] - args[0].shape[0]))
         vae_decoder.register_forward_pre_hook(lambda module, args: self._add("vae_decodes", args[0].shape[0]))
 
     def _add(self, name: str, count: int) -> None:
@@ -173,17 +183,23 @@ def per_image(counter: StageCounter, images: int) -> dict:
 
 
 def measure_production(segmenter, images, args) -> tuple[dict, list]:
-    seconds = timed(segmenter.segment_batch, images, args.runs, args.warmup, segmenter.device)
+    # The first call pays for any compilation (--torch-compile): reported apart, it counts as a warm-up run.
+    first_call = timed(segmenter.segment_batch, images, 1, 0, segmenter.device)[0]
+    seconds = timed(segmenter.segment_batch, images, args.runs, max(0, args.warmup - 1), segmenter.device)
     results = segmenter.segment_batch(images)
     counter = instrument_production(segmenter)
     counter.count_calls(segmenter.denoiser.unet, segmenter.vae.decoder)
-    segmenter.segment_batch(images)
-    return {**summary(seconds), **per_image(counter, len(images)),
+    with torch.compiler.set_stance("force_eager"):  # the counting hooks would force recompiles; FLOPs are the same
+        segmenter.segment_batch(images)
+    return {**summary(seconds), "first_call_seconds_per_image": first_call, **per_image(counter, len(images)),
             "host_peak_mib": host_peak_mib(), "device_peak_mib": device_peak_mib(segmenter.device)}, results
 
 
 def measure_reference(segmenter, images, lowres, args) -> tuple[dict, list]:
     reference = ReferenceEmerDiff.from_segmenter(segmenter)
+    # The same plain model whatever the production's runtime options (run() also keeps it eager).
+    reference.unet.to(memory_format=torch.contiguous_format)
+    reference.vae.to(memory_format=torch.contiguous_format)
 
     def upsample_all(batch):
         return [reference.upsample(image, low) for image, low in zip(batch, lowres)]
@@ -241,7 +257,8 @@ def meta_flops(shape: str, resolution: int, num_masks: int, chunk: int, replay: 
 
 def run(args: argparse.Namespace) -> dict:
     config = EmerDiffConfig(num_masks=args.num_masks, resolution=args.resolution, chunk_size=args.chunk_size,
-                            attention_replay=args.attention_replay)
+                            attention_replay=args.attention_replay, channels_last=args.channels_last,
+                            torch_compile=args.torch_compile)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from emerdiff.loading import resolve_dtype
 
@@ -252,12 +269,14 @@ def run(args: argparse.Namespace) -> dict:
         "shape": args.shape, "resolution": args.resolution, "num_masks": args.num_masks, "images": len(images),
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "attention_replay": args.attention_replay,
+        "channels_last": args.channels_last, "torch_compile": args.torch_compile,
         "probability_layers": len(segmenter.denoiser.state.probability_layers),
     }
     report["production"], results = measure_production(segmenter, images, args)
     if not args.no_reference:
         lowres = [r.lowres_labels for r in results]
-        report["reference"], reference_labels = measure_reference(segmenter, images, lowres, args)
+        with torch.compiler.set_stance("force_eager"):  # its deep copy of the model keeps the compiled blocks
+            report["reference"], reference_labels = measure_reference(segmenter, images, lowres, args)
         agreement = float(np.mean([np.mean(r.labels == ref) for r, ref in zip(results, reference_labels)]))
         report["label_agreement"] = {report["dtype"]: agreement}
         report["ratios"] = {
@@ -276,7 +295,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     print(f"\nEmerDiff benchmark: shape={report['shape']} {report['resolution']}px K={report['num_masks']} "
-          f"on {report['device']} ({report['dtype']}, {report['threads']} threads)")
+          f"on {report['device']} ({report['dtype']}, {report['threads']} threads, channels_last={report['channels_last']}, "
+          f"torch_compile={report['torch_compile']})")
     header = f"{'path':<11}{'s/img':>9}{'best':>9}{'img/s':>9}{'UNet/img':>10}{'VAE/img':>9}{'GFLOP/img':>12}{'host MiB':>10}"
     print(header)
     for path in ("production", "reference"):

@@ -164,6 +164,9 @@ class EmerDiffAttnProcessor:
         query = split_heads(attn.to_q(hidden_states), attn.heads)  # (batch, heads, tokens, head_dim)
         key = split_heads(attn.to_k(context), attn.heads)
         value = split_heads(attn.to_v(context), attn.heads)
+        if key.shape[0] != query.shape[0]:
+            # The prompt is batch 1 where the shared prefix (emerdiff/denoising.py) fans runs out mid-UNet.
+            key, value = key.expand(query.shape[0], -1, -1, -1), value.expand(query.shape[0], -1, -1, -1)
         state = self.state
         if state.mode == "record" and self.name in state.probability_layers:
             probabilities = attention_probabilities(query, key)

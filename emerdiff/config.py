@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 Replay = Literal["auto", "query_key", "probabilities"]
+Compile = Literal["none", "vae", "unet", "unet+vae"]
 DEFAULT_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
 
 
@@ -45,6 +46,20 @@ class EmerDiffConfig:
     chunk_size: int | None = _field(
         None,
         "Modulated trajectories per UNet batch (even). Unset: chosen from free device memory. Does not change results.",
+        hashed=False,
+    )
+    channels_last: bool = _field(
+        False,
+        "Keep the UNet and VAE in channels-last (NHWC) memory format, the layout cuDNN's fastest convolutions "
+        "use. Off by default: slower on a CPU, not yet measured on a GPU. Does not change results.",
+        hashed=False,
+    )
+    torch_compile: Compile = _field(
+        "none",
+        "torch.compile: 'unet' its transformer blocks one by one (diffusers' regional compilation), "
+        "EmerDiff's attention layers left uncompiled; 'vae' the VAE decoder; 'unet+vae' both. Each process "
+        "compiles for minutes on its first images. Off by default: slower on a CPU, not yet measured on a GPU. "
+        "Does not change results.",
         hashed=False,
     )
 
@@ -121,6 +136,11 @@ def _problems(config: EmerDiffConfig):
     replay_choices = get_args(Replay)
     if config.attention_replay not in replay_choices:
         yield f"attention_replay must be one of {list(replay_choices)}, got {config.attention_replay!r}"
+    if not isinstance(config.channels_last, bool):
+        yield f"channels_last must be true or false, got {config.channels_last!r}"
+    compile_choices = get_args(Compile)
+    if config.torch_compile not in compile_choices:
+        yield f"torch_compile must be one of {list(compile_choices)}, got {config.torch_compile!r}"
     chunk = config.chunk_size
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 2 or chunk % 2):
         yield f"chunk_size must be an even integer >= 2 (a +lambda/-lambda pair at least) or unset, got {chunk!r}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors, probability_layers
@@ -51,6 +54,8 @@ class Denoiser:
             prompt_embedding.element_size(),
         ))
         install_processors(unet, self.state, config.feature_layer, config.modulation_layer)
+        # None: every run computes the whole UNet at the modulation step too (a layout SharedPrefix does not know).
+        self.shared_prefix = SharedPrefix.install(unet, config.modulation_layer)
 
     def noised(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """The forward process q(x_t | x_0) with the image's own noise."""
@@ -78,17 +83,130 @@ class Denoiser:
         token at step t_m. With attention injection, ``reference_run`` must have run on this start.
         """
         mode = "inject" if self.config.attention_injection else "plain"
-        batch = modulation.shape[0]
-        return self._denoise(start.expand(batch, -1, -1, -1), mode, modulation[:, :, None])
+        return self._denoise(start, mode, modulation[:, :, None])
 
-    def _denoise(self, latents: torch.Tensor, mode: str, modulation: torch.Tensor | None) -> torch.Tensor:
+    def _denoise(self, start: torch.Tensor, mode: str, modulation: torch.Tensor | None) -> torch.Tensor:
+        """Final latents of one run per row of ``modulation`` (one run when None), all from ``start`` (1, ...)."""
         self.state.start(mode, modulation)
+        runs = 1 if modulation is None else modulation.shape[0]
+        latents = start
         for step, timestep in enumerate(self.timesteps):
             self.state.step = step
-            noise_prediction = self._unet(latents, timestep)
+            if step == 0:
+                noise_prediction = self._first_prediction(start, timestep, runs)
+            else:
+                noise_prediction = self._unet(latents, timestep)
+            # At step 0 the (1, ...) start broadcasts against the (runs, ...) predictions.
             latents = self.scheduler.step(noise_prediction, timestep, latents).prev_sample
         return latents
+
+    def _first_prediction(self, start: torch.Tensor, timestep: int, runs: int) -> torch.Tensor:
+        """(runs, ...) noise predictions at the modulation step, every run from ``start``.
+
+        Until the modulation layer the runs are identical (same latent and prompt, attention
+        injected from the one reference run), so the UNet prefix is computed once and fanned out
+        to the runs where the modulation is added (``SharedPrefix``).
+        """
+        if runs == 1 or self.shared_prefix is None:
+            return self._unet(start.expand(runs, -1, -1, -1), timestep)
+        with self.shared_prefix.fanned_out(runs):
+            return self._unet(start, timestep)
 
     def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         prompt = self.prompt_embedding.expand(latents.shape[0], -1, -1)
         return self.unet(latents, timestep, encoder_hidden_states=prompt, return_dict=False)[0]
+
+
+class SharedPrefix:
+    """Forward pre-hooks that let a batch-1 UNet pass turn into ``runs`` runs at the modulation layer.
+
+    Every run of a chunk starts the modulation step with the same input, and the UNet's work
+    before the modulation is the same in all of them: conv_in, the time embedding, every block
+    before the modulation layer's, and the start of that block. While ``fanned_out(runs)`` is
+    active the UNet is fed the single shared latent; then
+
+    - the Transformer2DModel holding the modulation layer expands its input to ``runs`` (its
+      modulation, added inside it, is where the runs part; the expansion cannot sit at the layer
+      itself because the transformer reshapes its output with the batch size it was called with,
+      so its few layers before the modulated one are computed per run), and
+    - each up block expands the skip tensors that its resnets after that point concatenate with
+      the now batched hidden states (``torch.cat`` does not broadcast). Skips produced after the
+      point already have ``runs`` rows and are left as they are.
+
+    The time embedding and the prompt stay at batch 1: resnets broadcast the one, the attention
+    processors the other (emerdiff/attention.py).
+    """
+
+    def __init__(self):
+        self.runs = 1
+
+    @classmethod
+    def install(cls, unet: torch.nn.Module, modulation_layer: str) -> SharedPrefix | None:
+        """Hook ``unet`` for ``modulation_layer``; None when the UNet's layout is not SD's (no shortcut then)."""
+        from diffusers import UNet2DConditionModel
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+        located = _transformer_position(modulation_layer)
+        if not isinstance(unet, UNet2DConditionModel) or located is None:
+            return None
+        transformer_path, block, attention_index = located
+        transformer = unet.get_submodule(transformer_path)
+        if not isinstance(transformer, Transformer2DModel) or not transformer.is_input_continuous:
+            return None
+        prefix = cls()
+        transformer.register_forward_pre_hook(prefix._expand_input, with_kwargs=True)
+        for index, up_block in enumerate(unet.up_blocks):
+            first_resnet_after = _first_resnet_after(block, attention_index, index, len(up_block.resnets))
+            up_block.register_forward_pre_hook(functools.partial(prefix._expand_skips, first_resnet_after), with_kwargs=True)
+        return prefix
+
+    @contextlib.contextmanager
+    def fanned_out(self, runs: int):
+        self.runs = runs
+        try:
+            yield
+        finally:
+            self.runs = 1
+
+    def _expand_input(self, module, args, kwargs):
+        if self.runs == 1:
+            return None
+        if args:
+            return (args[0].expand(self.runs, -1, -1, -1), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].expand(self.runs, -1, -1, -1)}
+
+    def _expand_skips(self, first_resnet_after: int, module, args, kwargs):
+        if self.runs == 1:
+            return None
+        skips = kwargs.get("res_hidden_states_tuple")
+        if skips is None:
+            raise RuntimeError("SharedPrefix expects the UNet to pass res_hidden_states_tuple by keyword, as "
+                               "diffusers' UNet2DConditionModel does; set Denoiser.shared_prefix = None for this UNet.")
+        # Resnet j of the block takes skips[-1 - j]: those of resnets after the point are the first ones.
+        after = len(skips) - first_resnet_after
+        expanded = tuple(skip.expand(self.runs, -1, -1, -1) for skip in skips[:after]) + tuple(skips[after:])
+        return args, {**kwargs, "res_hidden_states_tuple": expanded}
+
+
+def _transformer_position(layer: str) -> tuple[str, str, int] | None:
+    """(path of the Transformer2DModel holding ``layer``, its block path, its index among the block's attentions)."""
+    parts = layer.split(".")
+    block_length = 1 if parts[0] == "mid_block" else 2
+    if parts[0] not in ("down_blocks", "mid_block", "up_blocks") or len(parts) <= block_length + 1:
+        return None
+    if parts[block_length] != "attentions" or not parts[block_length + 1].isdigit():
+        return None
+    block = ".".join(parts[:block_length])
+    return ".".join(parts[: block_length + 2]), block, int(parts[block_length + 1])
+
+
+def _first_resnet_after(block: str, attention_index: int, up_index: int, resnets: int) -> int:
+    """Index of up block ``up_index``'s first resnet that runs after the modulation layer's transformer."""
+    if not block.startswith("up_blocks."):
+        return 0  # a down or mid block: the whole up path comes after it
+    modulated_up_index = int(block.split(".")[1])
+    if up_index < modulated_up_index:
+        return resnets
+    if up_index > modulated_up_index:
+        return 0
+    return attention_index + 1  # in CrossAttnUpBlock2D, attention i follows resnet i

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,6 +44,7 @@ class EmerDiffSegmenter:
         text_encoder = parts.text_encoder.to(device).eval().requires_grad_(False)
         prompt = _empty_prompt_embedding(parts.tokenizer, text_encoder, device)
         self.denoiser = Denoiser(unet, ddim_scheduler(parts.scheduler_config), prompt, config, _replay_budget(device))
+        _apply_runtime_options(unet, self.vae, config)
         self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
         self._per_run_bytes: int | None = None
 
@@ -201,6 +203,38 @@ class EmerDiffSegmenter:
             self._decode(self.denoiser.modulated_runs(start, torch.zeros(2, tokens, device=self.device)))
             self._per_run_bytes = max(1, (torch.cuda.max_memory_allocated(self.device) - baseline) // 2)
         return self._per_run_bytes
+
+
+def _apply_runtime_options(unet: torch.nn.Module, vae: torch.nn.Module, config: EmerDiffConfig) -> None:
+    """channels_last and torch_compile: how the modules run, not what they compute (config.py)."""
+    if config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if config.torch_compile in ("unet", "unet+vae"):
+        _compile_unet_blocks(unet)
+    if config.torch_compile in ("vae", "unet+vae"):
+        vae.decoder.compile()  # in place: module paths, hooks and deep copies keep working
+
+
+def _compile_unet_blocks(unet: torch.nn.Module) -> None:
+    """Regional compilation: diffusers' ``compile_repeated_blocks`` (each BasicTransformerBlock), attention left eager.
+
+    EmerDiff's attention processors branch on per-run Python state (mode, step, layer name) and
+    keep tensors in lists. Traced by dynamo, every layer and step guards on those values and
+    becomes a new graph until dynamo's recompile limit (8 per code object) sends the block back
+    to eager. So each attention layer runs eagerly (one graph break per call) and the code around
+    it is compiled: norms, residual adds, the feed-forward. Dynamic shapes keep the graphs of the
+    block's code to one per width (batch sizes and token counts vary between passes). ResNet
+    blocks are not compiled: their many in/out widths share one code object and pass the limit.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            # A method bound to this module, not a closure over its forward, so that deep copies
+            # (the slow reference copies the UNet) call their own attention.
+            module.forward = types.MethodType(torch.compiler.disable(type(module).forward), module)
+    unet.compile_repeated_blocks(dynamic=True)
 
 
 def _replay_budget(device: torch.device) -> int:

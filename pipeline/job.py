@@ -29,7 +29,7 @@ from pipeline.distributors import (
 from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
 from pipeline.shard import Progress, ShardLabeler, ShardTask
-from pipeline.storage import replace_file
+from pipeline.storage import is_local, replace_file
 from pipeline.sources import expand_inputs
 from schemas.labels import SCHEMA_VERSION
 from schemas.layout import OutputLayout, redact_url, shard_name
@@ -319,6 +319,8 @@ def _clear_output(layout: OutputLayout) -> None:
 
 def _remove_temp_files(layout: OutputLayout) -> None:
     """Delete hidden half-written files that killed processes left on a local disk."""
+    if not is_local(layout.fs):  # object stores never show an upload that was not completed
+        return
     paths = layout.list_temp_files()
     if paths:
         logger.info("removing %d unfinished file(s) left by an interrupted run", len(paths))

@@ -37,7 +37,9 @@ def load_markers(layout: OutputLayout, names: Sequence[str] | None = None) -> li
     paths = [layout.marker_path(name) for name in names]
     if not paths:
         return []
-    contents = layout.fs.cat(paths)  # one concurrent fetch on object stores
+    # One concurrent fetch on object stores. start=0 asks for a byte range: s3fs then sends one GET
+    # per marker, where a plain read first sends a HEAD for the size (two requests per marker).
+    contents = layout.fs.cat(paths, start=0)
     return [ShardMarker.from_json(contents[path]) for path in paths]
 
 
