@@ -51,14 +51,14 @@ class EmerDiffConfig:
     channels_last: bool = _field(
         False,
         "Keep the UNet and VAE in channels-last (NHWC) memory format, the layout cuDNN's fastest convolutions "
-        "use. Off by default: slower on a CPU, not yet measured on a GPU. Does not change results.",
+        "use. Off by default: its speed-up is not yet measured on a GPU. Does not change results.",
         hashed=False,
     )
     torch_compile: Compile = _field(
         "none",
         "torch.compile: 'unet' its transformer blocks one by one (diffusers' regional compilation), "
         "EmerDiff's attention layers left uncompiled; 'vae' the VAE decoder; 'unet+vae' both. Each process "
-        "compiles for minutes on its first images. Off by default: slower on a CPU, not yet measured on a GPU. "
+        "compiles for minutes on its first images. Off by default: its speed-up is not yet measured on a GPU. "
         "Does not change results.",
         hashed=False,
     )

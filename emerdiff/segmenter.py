@@ -30,6 +30,7 @@ _MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
 # Fractions of free memory the stored attention probabilities may take (SD 1.5 at 512 px: about 20 GiB in fp16).
 _REPLAY_SHARE_CUDA = 0.4
 _REPLAY_SHARE_CPU = 0.25
+_RECOMPILE_LIMIT = 32  # graphs per code object of a compiled transformer block (torch_compile)
 
 
 class EmerDiffSegmenter:
@@ -227,8 +228,12 @@ def _compile_unet_blocks(unet: torch.nn.Module) -> None:
     block's code to one per width (batch sizes and token counts vary between passes). ResNet
     blocks are not compiled: their many in/out widths share one code object and pass the limit.
     """
+    import torch._dynamo
     from diffusers.models.attention_processor import Attention
 
+    # Graphs per piece of the block's code: 3 widths x batch 1 or not (size 1 is always specialised)
+    # x prompt batch 1 or not (the shared prefix), more than dynamo's default limit of 8.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     for module in unet.modules():
         if isinstance(module, Attention):
             # A method bound to this module, not a closure over its forward, so that deep copies
