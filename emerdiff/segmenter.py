@@ -222,17 +222,17 @@ def _compile_unet_blocks(unet: torch.nn.Module) -> None:
 
     EmerDiff's attention processors branch on per-run Python state (mode, step, layer name) and
     keep tensors in lists. Traced by dynamo, every layer and step guards on those values and
-    becomes a new graph until dynamo's recompile limit (8 per code object) sends the block back
-    to eager. So each attention layer runs eagerly (one graph break per call) and the code around
-    it is compiled: norms, residual adds, the feed-forward. Dynamic shapes keep the graphs of the
-    block's code to one per width (batch sizes and token counts vary between passes). ResNet
-    blocks are not compiled: their many in/out widths share one code object and pass the limit.
+    becomes a new graph until dynamo's recompile limit sends the block back to eager. So each
+    attention layer runs eagerly (one graph break per call) and the code around it is compiled:
+    norms, residual adds, the feed-forward. ResNet blocks are not compiled: their many in/out
+    widths share one code object, far more graphs than the limit.
     """
     import torch._dynamo
     from diffusers.models.attention_processor import Attention
 
-    # Graphs per piece of the block's code: 3 widths x batch 1 or not (size 1 is always specialised)
-    # x prompt batch 1 or not (the shared prefix), more than dynamo's default limit of 8.
+    # With dynamic shapes each piece of the block's code still needs a graph per width (3 in SD) x
+    # batch 1 or not (size 1 is always specialised) x prompt batch 1 or not (the shared prefix):
+    # 9 at SD's layout, over dynamo's default limit of 8, past which a piece would stay eager.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     for module in unet.modules():
         if isinstance(module, Attention):
