@@ -11,7 +11,7 @@ diffusers folder) with the same method config, and see the same JPEG bytes (the 
   the last (model load not timed). It runs twice, before and after the job, and the mean counts:
   the first run pays the same cold first batch as the actor, the second shows how much the machine
   drifted.
-- **job**: ``pipeline.job.run_job`` with the Ray executor, one CPU actor with ``--threads`` CPUs, on
+- **job**: ``pipeline.driver.run_job`` with the Ray executor, one CPU actor with ``--threads`` CPUs, on
   tar shards of ``--images-per-shard`` images made by ``emerdiff make-shards``'s library function. The
   benchmark starts a local Ray whose workers get ``OMP_NUM_THREADS=--threads`` (an already initialised
   Ray, such as the tests' fixture, is reused as it is) and checks the thread count a worker sees.
@@ -44,15 +44,15 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
-from diffusers import DDIMScheduler
 from PIL import Image
 
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.images import to_rgb
-from emerdiff.tiny import random_parts, tiny_model_dir
+from benchmarks.models import save_random_model
+from emerdiff.tiny import tiny_model_dir
 from jobs.tools.image_shards import ShardsConfig, make_shards
 from pipeline.config import LabelJobConfig
-from pipeline.job import run_job
+from pipeline.driver import run_job
 from schemas.labels import decode_label_png, ok_row
 from schemas.layout import OutputLayout
 from schemas.reading import iter_rows, load_markers
@@ -90,19 +90,7 @@ def model_folder(shape: str, directory: Path) -> str:
     """A diffusers folder with a random model of ``shape``: what the bare loop and the actor both load."""
     if shape == "tiny":
         return str(tiny_model_dir())
-    parts = random_parts(shape, seed=0, directory=directory)
-    parts.unet.save_pretrained(directory / "unet")
-    parts.vae.save_pretrained(directory / "vae")
-    parts.text_encoder.save_pretrained(directory / "text_encoder")
-    DDIMScheduler.from_config(parts.scheduler_config).save_pretrained(directory / "scheduler")
-    (directory / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-    }))
+    save_random_model(shape, directory)
     return str(directory)
 
 

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.config import Compile
 from emerdiff.reference import ReferenceEmerDiff
-from emerdiff.tiny import random_parts
+from benchmarks.models import random_parts
 
 logger = logging.getLogger("benchmarks.segment_bench")
 

@@ -1,10 +1,10 @@
 """EmerDiff: pixel-level segmentation from Stable Diffusion's own features, no training.
 
     from emerdiff import EmerDiffSegmenter, EmerDiffConfig
-    segmenter = EmerDiffSegmenter.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    segmenter = EmerDiffSegmenter.from_pretrained("CompVis/stable-diffusion-v1-4")
     result = segmenter.segment(image)        # result.labels: H x W ids in 0..K-1
 
-See shared/spec/emerdiff-method.md for the method as implemented here.
+docs/method.md describes the method step by step, with every parameter and default.
 """
 
 from emerdiff.config import EmerDiffConfig

@@ -4,7 +4,7 @@ One ``EmerDiffAttnProcessor`` sits in every attention layer of the UNet and read
 from a shared ``AttentionState``:
 
 - ``features``: the feature layer stores ``to_q(hidden_states)`` and stops the forward pass;
-- ``record``:   the reference run; self-attention layers keep their query and key per step (or
+- ``record``:   the reference run (the inversion passes, one row per step); self-attention layers keep their query and key per step (or
                 their attention probabilities, see below), cross-attention layers their output
                 (with the constant empty prompt, that output is all a modulated run would
                 recompute; spec "Where the cost is");
@@ -168,15 +168,17 @@ class EmerDiffAttnProcessor:
             # The prompt is batch 1 where the shared prefix (emerdiff/denoising.py) fans runs out mid-UNet.
             key, value = key.expand(query.shape[0], -1, -1, -1), value.expand(query.shape[0], -1, -1, -1)
         state = self.state
+        # In a recording pass each row of the batch is one step of the reference run (the inversion
+        # passes, batched), so what is kept is split into per-step views.
         if state.mode == "record" and self.name in state.probability_layers:
             probabilities = attention_probabilities(query, key)
-            state.probabilities.setdefault(self.name, []).append(probabilities)
-            return project_out(attn, apply_probabilities(probabilities, value))
+            state.probabilities.setdefault(self.name, []).extend(probabilities.split(1))
+            return project_out(attn, probabilities @ value)
         output = project_out(attn, F.scaled_dot_product_attention(query, key, value))
         if state.mode == "record" and is_cross:
-            state.outputs.setdefault(self.name, []).append(output)
+            state.outputs.setdefault(self.name, []).extend(output.split(1))
         elif state.mode == "record":
-            state.query_key.setdefault(self.name, []).append((query, key))
+            state.query_key.setdefault(self.name, []).extend(zip(query.split(1), key.split(1)))
         return output
 
     def _injected_attention(self, attn, hidden_states) -> torch.Tensor:
@@ -195,9 +197,14 @@ class EmerDiffAttnProcessor:
 
 
 def attention_probabilities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """(1, heads, tokens, tokens) softmax(QK^T / sqrt(d)), the softmax taken in float32."""
-    logits = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5
-    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    """(batch, heads, tokens, tokens) softmax(QK^T / sqrt(d)), in the query's dtype.
+
+    The logits and the softmax are float32 whatever the model's dtype: in float16, unscaled QK^T
+    of SD's 64x64 layers can overflow, which the fused kernels avoid by scaling first and
+    accumulating in float32. Computed once per image, so the cost does not matter.
+    """
+    logits = (query.float() * query.shape[-1] ** -0.5) @ key.float().transpose(-1, -2)
+    return torch.softmax(logits, dim=-1).to(query.dtype)
 
 
 def apply_probabilities(probabilities: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

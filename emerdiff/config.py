@@ -1,6 +1,6 @@
 """EmerDiffConfig: every knob of the method in one frozen, validated, serialisable object.
 
-Defaults follow ``shared/spec/emerdiff-method.md``; each field's ``help`` metadata is what the
+Defaults are the authors' own settings (docs/method.md); each field's ``help`` metadata is what the
 command line shows, so the CLIs build their flags from this class instead of listing them again.
 """
 
@@ -14,7 +14,10 @@ from typing import Any, Literal, get_args
 
 Replay = Literal["auto", "query_key", "probabilities"]
 Compile = Literal["none", "vae", "unet", "unet+vae"]
-DEFAULT_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+Sampler = Literal["ddpm_inversion"]
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"  # the authors' notebook
+FEATURE_LAYER = "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+MODULATION_LAYER = "up_blocks.1.attentions.2.transformer_blocks.0.attn2"
 
 
 def _field(default: Any, help: str, *, hashed: bool = True) -> Any:
@@ -23,19 +26,22 @@ def _field(default: Any, help: str, *, hashed: bool = True) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class EmerDiffConfig:
-    num_masks: int = _field(30, "K, the number of low-resolution k-means masks (paper: 10-40 all work).")
-    resolution: int = _field(512, "Side of the square the image is resized to before encoding (multiple of 64).")
-    feature_timestep: int = _field(1, "Timestep t_f of the single UNet pass whose query features are clustered.")
-    modulation_timestep: int = _field(281, "Timestep t_m where denoising starts and the modulation is applied; must lie on the sampler's grid.")
+    num_masks: int = _field(25, "K, the number of low-resolution k-means masks (paper: 10-40 all work about the same).")
+    resolution: int = _field(512, "Side of the square the image is Lanczos-resized to before encoding (multiple of 64).")
+    feature_samples: int = _field(100, "N, the noisy UNet passes whose feature-layer queries are averaged before clustering.")
+    feature_timestep: int = _field(0, "Timestep t_f of the feature passes.")
+    feature_layer: str = _field(FEATURE_LAYER, "diffusers module path of the attention layer whose to_q output is clustered.")
+    kmeans_restarts: int = _field(100, "k-means++ restarts; the one with the lowest inertia is kept.")
+    kmeans_iterations: int = _field(100, "Maximum Lloyd iterations per restart (each stops earlier once its assignments settle).")
+    sampler: Sampler = _field("ddpm_inversion", "How the trajectories reconstruct the image: edit-friendly DDPM inversion (eta 1), the authors' choice.")
+    num_inference_steps: int = _field(50, "Steps of the sampler's grid over the 1000-step schedule; with 50, t_m = 281 leaves a 15-step window.")
+    modulation_timestep: int = _field(281, "Timestep t_m where the trajectories start and the modulation is applied; must lie on the grid.")
+    modulation_layer: str = _field(MODULATION_LAYER, "diffusers module path of the cross-attention layer whose output is modulated.")
     modulation_strength: float = _field(10.0, "Lambda: the value added to (+) and subtracted from (-) the layer output inside a mask.")
-    num_inference_steps: int = _field(50, "DDIM steps over the full 1000-step schedule; with 50, denoising from 281 takes 15 steps.")
-    feature_layer: str = _field(DEFAULT_LAYER, "diffusers module path of the attention layer whose to_q output is clustered.")
-    modulation_layer: str = _field(DEFAULT_LAYER, "diffusers module path of the cross-attention layer whose output is modulated.")
-    attention_injection: bool = _field(True, "Inject the reference run's attention query/key into every attention layer of the modulated runs.")
-    blur_kernel_size: int = _field(5, "Side of the Gaussian kernel applied to each difference map (odd; 1 disables the blur).")
-    blur_sigma: float = _field(3.0, "Standard deviation of that Gaussian, in pixels at the working resolution.")
-    kmeans_iterations: int = _field(100, "Maximum Lloyd iterations of k-means (it stops earlier once assignments settle).")
-    seed: int = _field(0, "Seed of the image noise and the k-means initialisation; an image's result depends only on it.")
+    attention_injection: bool = _field(True, "Replace every attention layer's query and key in the modulated runs by the reference run's.")
+    blur_kernel_size: int = _field(3, "Side of the Gaussian kernel applied to each decoded image before the difference norm (odd; 1 disables it).")
+    blur_sigma: float = _field(0.8, "Standard deviation of that Gaussian, in pixels at the working resolution.")
+    seed: int = _field(0, "Seed of every random draw (feature noise, inversion noise, k-means); an image's result depends only on it.")
     attention_replay: Replay = _field(
         "auto",
         "What the reference run stores for self-attention injection: 'query_key' (least memory), "
@@ -112,7 +118,8 @@ def _problems(config: EmerDiffConfig):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             yield f"{name} must be a positive integer, got {value!r}"
 
-    for name in ("num_masks", "resolution", "num_inference_steps", "blur_kernel_size", "kmeans_iterations"):
+    for name in ("num_masks", "resolution", "feature_samples", "kmeans_restarts", "kmeans_iterations",
+                 "num_inference_steps", "blur_kernel_size"):
         yield from positive_int(name)
     if isinstance(config.resolution, int) and config.resolution % 64:
         yield f"resolution must be a multiple of 64 (the UNet downsamples the latent 3 times), got {config.resolution}"
@@ -132,7 +139,9 @@ def _problems(config: EmerDiffConfig):
         yield f"seed must be a non-negative integer, got {config.seed!r}"
     for name in ("feature_layer", "modulation_layer"):
         if not isinstance(getattr(config, name), str) or not getattr(config, name):
-            yield f"{name} must be a diffusers module path such as {DEFAULT_LAYER!r}"
+            yield f"{name} must be a diffusers module path such as {MODULATION_LAYER!r}"
+    if config.sampler not in get_args(Sampler):
+        yield f"sampler must be one of {list(get_args(Sampler))}, got {config.sampler!r}"
     replay_choices = get_args(Replay)
     if config.attention_replay not in replay_choices:
         yield f"attention_replay must be one of {list(replay_choices)}, got {config.attention_replay!r}"

@@ -1,4 +1,4 @@
-"""The UNet passes of EmerDiff: the features pass, the reference run and batched modulated runs."""
+"""The UNet passes of EmerDiff: feature passes, the inversion (= reference run) and batched modulated runs."""
 
 from __future__ import annotations
 
@@ -9,46 +9,24 @@ import torch
 
 from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors, probability_layers
 from emerdiff.config import EmerDiffConfig
-
-
-def ddim_scheduler(scheduler_config: dict):
-    """DDIM, eta 0, as the spec fixes it (step 6); betas and prediction type stay the model's own."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(
-        scheduler_config,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
-
-
-def denoising_timesteps(scheduler, config: EmerDiffConfig) -> list[int]:
-    """The grid timesteps from t_m down to the last one (with defaults: 281, 261, ..., 1)."""
-    scheduler.set_timesteps(config.num_inference_steps)
-    grid = [int(t) for t in scheduler.timesteps]
-    if config.modulation_timestep not in grid:
-        nearest = sorted(grid, key=lambda t: abs(t - config.modulation_timestep))[:2]
-        raise ValueError(
-            f"modulation_timestep={config.modulation_timestep} is not on the {config.num_inference_steps}-step "
-            f"DDIM grid; the nearest grid timesteps are {sorted(nearest)}."
-        )
-    return [t for t in grid if t <= config.modulation_timestep]
+from emerdiff.inversion import DDPMInversion
 
 
 class Denoiser:
-    """A UNet with EmerDiff's attention processors installed, and the runs built on it."""
+    """A UNet with EmerDiff's attention processors installed, and the runs built on it.
 
-    def __init__(self, unet: torch.nn.Module, scheduler, prompt_embedding: torch.Tensor, config: EmerDiffConfig,
-                 replay_budget_bytes: int = 0):
+    Latents stay float32 between passes; each pass casts its input to the UNet's dtype.
+    """
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict, prompt_embedding: torch.Tensor,
+                 config: EmerDiffConfig, replay_budget_bytes: int = 0):
         check_layer(unet, config.feature_layer, "feature_layer")
         check_layer(unet, config.modulation_layer, "modulation_layer")
         self.unet = unet
-        self.scheduler = scheduler
         self.prompt_embedding = prompt_embedding  # (1, 77, text_channels)
         self.config = config
-        self.timesteps = denoising_timesteps(scheduler, config)
+        self.inversion = DDPMInversion(scheduler_config, config).to(prompt_embedding.device)
+        self.timesteps = self.inversion.timesteps
         self.state = AttentionState(probability_layers=probability_layers(
             unet, config.resolution, len(self.timesteps), config.attention_replay, replay_budget_bytes,
             prompt_embedding.element_size(),
@@ -57,38 +35,47 @@ class Denoiser:
         # None: every run computes the whole UNet at the modulation step too (a layout SharedPrefix does not know).
         self.shared_prefix = SharedPrefix.install(unet, config.modulation_layer)
 
-    def noised(self, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-        """The forward process q(x_t | x_0) with the image's own noise."""
-        timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
-        return self.scheduler.add_noise(latents, noise, timesteps)
+    def query_features(self, latents: torch.Tensor, noise: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(images, tokens, channels) float32: to_q of the feature layer averaged over the noise draws (step 3).
 
-    def query_features(self, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens, channels): to_q of the feature layer at t_f (spec step 3)."""
-        self.state.start("features")
-        noisy = self.noised(latents, noise, self.config.feature_timestep)
-        try:
-            self._unet(noisy, self.config.feature_timestep)
-        except FeaturesCaptured:
-            return self.state.features
-        raise RuntimeError(f"feature layer {self.config.feature_layer} was never called during the UNet pass")
-
-    def reference_run(self, start: torch.Tensor) -> torch.Tensor:
-        """Denoise the shared start once, unmodulated, recording attention for injection (spec step 7)."""
-        return self._denoise(start, "record", modulation=None)
-
-    def modulated_runs(self, start: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        """Final latents of len(modulation) runs from the same start (spec step 8).
-
-        ``modulation`` is (runs, tokens): the value added to the modulation layer's output at each
-        token at step t_m. With attention injection, ``reference_run`` must have run on this start.
+        ``latents`` (images, 4, h, w); ``noise`` (N, 4, h, w), the same N draws for every image.
+        The images x draws passes run ``chunk`` at a time, each stopping at the feature layer.
         """
-        mode = "inject" if self.config.attention_injection else "plain"
-        return self._denoise(start, mode, modulation[:, :, None])
+        images, samples = latents.shape[0], noise.shape[0]
+        signal_scale, noise_scale = self.inversion.feature_scales
+        sums = None
+        for first in range(0, images * samples, chunk):
+            rows = torch.arange(first, min(first + chunk, images * samples), device=latents.device)
+            noisy = signal_scale * latents[rows // samples].float() + noise_scale * noise[rows % samples]
+            captured = self._features(noisy).float()  # (rows, tokens, channels)
+            if sums is None:
+                sums = captured.new_zeros(images, *captured.shape[1:])
+            sums.index_add_(0, rows // samples, captured)
+        return sums / samples
 
-    def _denoise(self, start: torch.Tensor, mode: str, modulation: torch.Tensor | None) -> torch.Tensor:
-        """Final latents of one run per row of ``modulation`` (one run when None), all from ``start`` (1, ...)."""
-        self.state.start(mode, modulation)
-        runs = 1 if modulation is None else modulation.shape[0]
+    def invert(self, latent: torch.Tensor, samples: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(steps, 4, h, w) noise maps z_t of one image (step 5), recording attention for injection (step 7).
+
+        The inversion's UNet inputs are the drawn samples x_t, which is what the un-nudged
+        trajectory sees: its passes are the reference run, batched ``chunk`` steps at a time.
+        """
+        self.state.start("record" if self.config.attention_injection else "plain")
+        timesteps = torch.tensor(self.timesteps, device=samples.device)
+        predictions = [
+            self._unet(samples[first : first + chunk], timesteps[first : first + chunk])
+            for first in range(0, len(self.timesteps), chunk)
+        ]
+        return self.inversion.noise_maps(latent, samples, torch.cat(predictions))
+
+    def modulated_runs(self, start: torch.Tensor, noise_maps: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """(runs, 4, h, w) float32 final latents of len(modulation) trajectories from ``start`` (steps 6 and 8).
+
+        ``start`` is the image's x_{t_m} (1, 4, h, w) and ``noise_maps`` its z_t, shared by every
+        run; ``modulation`` is (runs, tokens): the value added to the modulation layer's output at
+        each token at t_m. With attention injection, ``invert`` must have run on this image.
+        """
+        self.state.start("inject" if self.config.attention_injection else "plain", modulation[:, :, None])
+        runs = modulation.shape[0]
         latents = start
         for step, timestep in enumerate(self.timesteps):
             self.state.step = step
@@ -97,8 +84,16 @@ class Denoiser:
             else:
                 noise_prediction = self._unet(latents, timestep)
             # At step 0 the (1, ...) start broadcasts against the (runs, ...) predictions.
-            latents = self.scheduler.step(noise_prediction, timestep, latents).prev_sample
+            latents = self.inversion.step(latents, noise_prediction, step, noise_maps)
         return latents
+
+    def _features(self, noisy: torch.Tensor) -> torch.Tensor:
+        self.state.start("features")
+        try:
+            self._unet(noisy, self.config.feature_timestep)
+        except FeaturesCaptured:
+            return self.state.features
+        raise RuntimeError(f"feature layer {self.config.feature_layer} was never called during the UNet pass")
 
     def _first_prediction(self, start: torch.Tensor, timestep: int, runs: int) -> torch.Tensor:
         """(runs, ...) noise predictions at the modulation step, every run from ``start``.
@@ -112,8 +107,9 @@ class Denoiser:
         with self.shared_prefix.fanned_out(runs):
             return self._unet(start, timestep)
 
-    def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
+    def _unet(self, latents: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
         prompt = self.prompt_embedding.expand(latents.shape[0], -1, -1)
+        latents = latents.to(self.prompt_embedding.dtype)
         return self.unet(latents, timestep, encoder_hidden_states=prompt, return_dict=False)[0]
 
 

@@ -54,9 +54,9 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
 
 
 def to_model_input(image: Image.Image, resolution: int) -> torch.Tensor:
-    """(1, 3, R, R) float32 in [-1, 1]: bicubic resize to the working square (spec, determinism)."""
+    """(1, 3, R, R) float32 in [-1, 1]: Lanczos resize to the working square, as the authors do (step 1)."""
     if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (R, R, 3)
     return (pixels / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
 

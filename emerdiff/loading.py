@@ -107,7 +107,8 @@ def _load_folder(location: str, source: str, dtype: torch.dtype, allow_pickle: b
     try:
         return StableDiffusionParts(
             unet=UNet2DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=dtype, **weights),
-            vae=AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=dtype, **weights),
+            # The VAE always runs in float32 (EmerDiffSegmenter): load it so, whatever ``dtype`` is.
+            vae=AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=torch.float32, **weights),
             text_encoder=CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=dtype, **weights),
             tokenizer=CLIPTokenizer.from_pretrained(location, subfolder="tokenizer"),
             scheduler_config=dict(DDIMScheduler.load_config(location, subfolder="scheduler")),

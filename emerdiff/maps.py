@@ -1,4 +1,4 @@
-"""From difference maps to labels, scores and embeddings (spec steps 10-12), in torch on the device."""
+"""From decoded image pairs to difference maps, scores and embeddings (spec steps 10-12), in torch on the device."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import torch
 import torch.nn.functional as F
 
 
+def difference_norms(minus: torch.Tensor, plus: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """(pairs, H, W) float32 ||blur(I-) - blur(I+)||_2 over the channels of (pairs, 3, H, W) images (step 10).
+
+    The blur is linear, so it is applied once, to the signed difference; it comes before the norm.
+    """
+    signed = (minus.float() - plus.float())  # (pairs, 3, H, W)
+    pairs, channels, height, width = signed.shape
+    blurred = gaussian_blur(signed.reshape(pairs * channels, height, width), kernel_size, sigma)
+    return blurred.view(pairs, channels, height, width).pow(2).sum(dim=1).sqrt()
+
+
 def gaussian_blur(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Blur (K, H, W) maps with a normalised separable Gaussian and reflect-101 borders (OpenCV's default)."""
+    """Blur (K, H, W) maps with a normalised separable Gaussian and reflect borders (the edge pixel not repeated)."""
     if kernel_size == 1:
         return maps
     offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2

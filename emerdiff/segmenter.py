@@ -1,4 +1,4 @@
-"""EmerDiffSegmenter: image(s) in, label maps out (shared/spec/emerdiff-method.md)."""
+"""EmerDiffSegmenter: image(s) in, label maps out (the method step by step: docs/method.md)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from emerdiff.attention import layer_grid_side
-from emerdiff.config import EmerDiffConfig
-from emerdiff.denoising import Denoiser, ddim_scheduler
+from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
+from emerdiff.denoising import Denoiser
 from emerdiff.images import resize_labels, to_model_input, to_rgb
 from emerdiff.kmeans import kmeans
 from emerdiff.loading import ModelLoadError, StableDiffusionParts, load_parts, resolve_device, resolve_dtype
-from emerdiff.maps import confidence_margin, gaussian_blur, mean_per_label, segment_embeddings
+from emerdiff.maps import confidence_margin, difference_norms, mean_per_label, segment_embeddings
 from emerdiff.segmentation import Segmentation, segment_statistics
 
 __all__ = ["EmerDiffSegmenter", "ModelLoadError"]
@@ -39,12 +39,15 @@ class EmerDiffSegmenter:
         self.device = device
         self.dtype = dtype
         self._parts = parts
-        # Parts arrive in their final dtype (load_parts); casting here would bypass diffusers' dtype rules.
-        self.vae = parts.vae.to(device).eval().requires_grad_(False)
+        # The UNet and text encoder arrive in their final dtype (load_parts). The VAE always runs in
+        # float32: decoded images are compared pixel by pixel (spec, determinism conventions), and
+        # SD's VAE overflows in float16 on some images.
+        vae = parts.vae if parts.vae.dtype == torch.float32 else parts.vae.float()
+        self.vae = vae.to(device).eval().requires_grad_(False)
         unet = parts.unet.to(device).eval().requires_grad_(False)
         text_encoder = parts.text_encoder.to(device).eval().requires_grad_(False)
         prompt = _empty_prompt_embedding(parts.tokenizer, text_encoder, device)
-        self.denoiser = Denoiser(unet, ddim_scheduler(parts.scheduler_config), prompt, config, _replay_budget(device))
+        self.denoiser = Denoiser(unet, parts.scheduler_config, prompt, config, _replay_budget(device))
         _apply_runtime_options(unet, self.vae, config)
         self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
         self._per_run_bytes: int | None = None
@@ -52,7 +55,7 @@ class EmerDiffSegmenter:
     @classmethod
     def from_pretrained(
         cls,
-        source: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        source: str = DEFAULT_MODEL,
         config: EmerDiffConfig | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -87,11 +90,10 @@ class EmerDiffSegmenter:
         """Segment several images; each result is what ``segment`` would give it alone."""
         pictures = [to_rgb(image) for image in images]
         with torch.inference_mode():
-            latents, noise = self._encode(pictures)
-            features = self.denoiser.query_features(latents, noise)  # (batch, tokens, channels)
+            latents = self._encode(pictures)
+            features = self._features(latents)  # (batch, tokens, channels)
             return [
-                self._upsample(picture, latents[i : i + 1], noise[i : i + 1], features[i],
-                               self._lowres_labels(features[i]), self.config.num_masks)
+                self._upsample(picture, latents[i : i + 1], features[i], self._lowres_labels(features[i]), self.config.num_masks)
                 for i, picture in enumerate(pictures)
             ]
 
@@ -100,42 +102,45 @@ class EmerDiffSegmenter:
 
         ``lowres_labels``: an (h, w) map of non-negative integer ids, any grid size (it is resampled
         to the modulation layer's token grid by nearest neighbour). Ids 0..max become the masks.
+        The feature passes still run, for the segments' embeddings; they do not affect the labels.
         """
         lowres = _checked_lowres(lowres_labels)
         picture = to_rgb(image)
         with torch.inference_mode():
-            latents, noise = self._encode([picture])
-            features = self.denoiser.query_features(latents, noise)[0]
+            latent = self._encode([picture])
+            features = self._features(latent)[0]
             lowres_ids = torch.from_numpy(lowres).to(self.device)
-            return self._upsample(picture, latents, noise, features, lowres_ids, int(lowres.max()) + 1)
+            return self._upsample(picture, latent, features, lowres_ids, int(lowres.max()) + 1)
 
     # -- the method, step by step ----------------------------------------------------------------
 
-    def _encode(self, pictures: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        # 1. Input: resize, normalise, VAE posterior mean scaled by the model's factor.
-        pixels = torch.cat([to_model_input(p, self.config.resolution) for p in pictures])
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
-        # 5. One noise sample per image, drawn on the CPU from the seed alone (determinism conventions).
+    def _encode(self, pictures: list[Image.Image]) -> torch.Tensor:
+        # 1. Input: Lanczos resize, normalise, VAE posterior mean scaled by the model's factor.
+        pixels = torch.cat([to_model_input(p, self.config.resolution) for p in pictures]).to(self.device)
+        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor  # (batch, 4, h, w) float32
+
+    def _features(self, latents: torch.Tensor) -> torch.Tensor:
+        # 3. Feature passes: N draws from one fresh CPU generator, the same for every image of the batch.
         generator = torch.Generator("cpu").manual_seed(self.config.seed)
-        noise = torch.randn(latents.shape[1:], generator=generator, dtype=torch.float32)
-        noise = noise.to(device=self.device, dtype=self.dtype).expand_as(latents)
-        return latents, noise
+        noise = torch.stack([
+            torch.randn(latents.shape[1:], generator=generator, dtype=torch.float32)
+            for _ in range(self.config.feature_samples)
+        ]).to(self.device)  # (N, 4, h, w)
+        return self.denoiser.query_features(latents, noise, self._chunk_size(len(latents) * len(noise)))
 
     def _lowres_labels(self, features: torch.Tensor) -> torch.Tensor:
         # 4. Low-res masks: k-means on the feature tokens, as an (h, w) grid.
-        assignment = kmeans(features, self.config.num_masks, self.config.kmeans_iterations, self.config.seed)
+        config = self.config
+        assignment = kmeans(features, config.num_masks, config.kmeans_iterations, config.kmeans_restarts, config.seed)
         side = _grid_side(features.shape[0])
         return assignment.view(side, side)
 
-    def _upsample(self, picture: Image.Image, latent, noise, features, lowres: torch.Tensor, num_masks: int) -> Segmentation:
+    def _upsample(self, picture: Image.Image, latent, features, lowres: torch.Tensor, num_masks: int) -> Segmentation:
         masks = self._token_masks(lowres, num_masks)  # (K, tokens)
-        start = self.denoiser.noised(latent, noise, self.config.modulation_timestep)
-        differences = self._difference_maps(start, masks)  # (K, R, R)
-        # 10-11. Blur, then each pixel goes to the mask whose nudge changed it most (ties: lowest id).
-        blurred = gaussian_blur(differences, self.config.blur_kernel_size, self.config.blur_sigma)
-        labels = blurred.argmax(dim=0)  # (R, R)
-        scores = mean_per_label(confidence_margin(blurred), labels, num_masks)
+        differences = self._difference_maps(latent, masks)  # (K, R, R)
+        # 11. Each pixel goes to the mask whose nudge changed it most (ties: lowest id).
+        labels = differences.argmax(dim=0)  # (R, R)
+        scores = mean_per_label(confidence_margin(differences), labels, num_masks)
         embeddings = segment_embeddings(labels, features, num_masks)  # 12.
         full = resize_labels(labels.cpu().numpy().astype(np.int32), picture.height, picture.width)
         area, bbox = segment_statistics(full, num_masks)
@@ -156,30 +161,32 @@ class EmerDiffSegmenter:
         ids = torch.arange(num_masks, device=self.device)
         return (lowres.reshape(1, -1) == ids[:, None]).to(torch.float32)
 
-    def _difference_maps(self, start: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """(K, R, R) float32 ||I- - I+|| per pixel for every mask; zero for empty masks (spec steps 8-10)."""
+    def _difference_maps(self, latent: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(K, R, R) float32 ||blur(I-) - blur(I+)|| per pixel for every mask; zero for empty masks (steps 5-10)."""
         resolution = self.config.resolution
         differences = torch.zeros(masks.shape[0], resolution, resolution, device=self.device)
         present = torch.nonzero(masks.sum(dim=1) > 0).flatten().tolist()
         if not present:
             return differences
-        if self.config.attention_injection:
-            self.denoiser.reference_run(start)
+        # Planned before the inversion: planning may run the UNet, which would overwrite the recorded attention.
+        chunk = self._chunk_size(2 * len(present))
+        # 5. The drawn samples x_t (step 0 is t_m, where every trajectory starts) and the noise maps z_t.
+        samples = self.denoiser.inversion.samples(latent, torch.Generator("cpu").manual_seed(self.config.seed))
+        noise_maps = self.denoiser.invert(latent, samples, chunk)
+        # 8. Runs ordered (-M0, +M0, -M1, +M1, ...) so every even-sized chunk holds whole pairs.
         strength = self.config.modulation_strength
-        # Runs ordered (+M0, -M0, +M1, -M1, ...) so every even-sized chunk holds whole pairs.
-        signs = torch.tensor([strength, -strength], device=self.device)
+        signs = torch.tensor([-strength, strength], device=self.device)
         modulations = (signs[None, :, None] * masks[present][:, None, :]).reshape(2 * len(present), -1)
-        chunk = self._chunk_size(len(modulations))
         for first in range(0, len(modulations), chunk):
-            images = self._decode(self.denoiser.modulated_runs(start, modulations[first : first + chunk]))
+            images = self._decode(self.denoiser.modulated_runs(samples[:1], noise_maps, modulations[first : first + chunk]))
             pair_ids = present[first // 2 : (first + chunk) // 2]
-            differences[pair_ids] = (images[1::2] - images[0::2]).pow(2).sum(dim=1).sqrt()
+            # 10. Blur and norm of the pair's signed difference.
+            differences[pair_ids] = difference_norms(images[0::2], images[1::2], self.config.blur_kernel_size, self.config.blur_sigma)
         return differences
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        # 9. Decode, clamp to [-1, 1], and work in float32 from here on.
-        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return images.float().clamp(-1.0, 1.0)
+        # 9. Decode in float32, not clamped.
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
     def _chunk_size(self, runs: int) -> int:
         if self.config.chunk_size is not None:
@@ -198,10 +205,11 @@ class EmerDiffSegmenter:
             baseline = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             side = self.config.resolution // 8
-            start = torch.zeros(1, 4, side, side, device=self.device, dtype=self.dtype)
+            latent = torch.zeros(1, 4, side, side, device=self.device)
+            steps = len(self.denoiser.timesteps)
             tokens = self._modulation_side ** 2
-            self.denoiser.reference_run(start)
-            self._decode(self.denoiser.modulated_runs(start, torch.zeros(2, tokens, device=self.device)))
+            noise_maps = self.denoiser.invert(latent, latent.expand(steps, -1, -1, -1), 2)
+            self._decode(self.denoiser.modulated_runs(latent, noise_maps, torch.zeros(2, tokens, device=self.device)))
             self._per_run_bytes = max(1, (torch.cuda.max_memory_allocated(self.device) - baseline) // 2)
         return self._per_run_bytes
 

@@ -1,8 +1,8 @@
-"""Tiny (and other) randomly initialised models with Stable Diffusion's layout, built offline.
+"""A tiny randomly initialised model with Stable Diffusion's layout, built offline.
 
-It has SD 1.x's four-level UNet (so ``up_blocks.1.attentions.0.transformer_blocks.0.attn2``
-exists and sits at latent/4), an 8x VAE, a CLIP text encoder and a real CLIP BPE tokenizer with a
-byte-level vocabulary. It is saved in diffusers' folder format, so loading it exercises the same
+It has SD 1.x's four-level UNet with two layers per block (so the default feature and modulation
+layers, ``up_blocks.1.attentions.{0,2}.transformer_blocks.0.attn2``, exist and sit at latent/4),
+an 8x VAE, a CLIP text encoder and a real CLIP BPE tokenizer with a byte-level vocabulary. It is saved in diffusers' folder format, so loading it exercises the same
 ``from_pretrained`` path as real weights. Its masks mean nothing: it is for tests and plumbing
 checks (``--model tiny``), never for labels.
 """
@@ -37,7 +37,8 @@ def _save_tokenizer(directory: Path) -> int:
     return len(vocabulary)
 
 
-def _scheduler_config() -> dict:
+def scheduler_config() -> dict:
+    """SD 1.x's scheduler configuration, as its model folders ship it."""
     return {
         "_class_name": "DDIMScheduler",
         "num_train_timesteps": 1000,
@@ -52,47 +53,25 @@ def _scheduler_config() -> dict:
     }
 
 
-# Random models with SD 1.x's block layout. "tiny" is the tests' model; "mid" and "sd15" (SD 1.5's
-# real architecture) are for benchmarks and FLOP counts.
-SHAPES = {
-    "tiny": {
-        "unet": {"block_out_channels": (32, 32, 64, 64), "layers_per_block": 1, "cross_attention_dim": 32,
-                 "attention_head_dim": 2, "norm_num_groups": 8},
-        "vae": {"block_out_channels": (8, 16, 16, 16), "layers_per_block": 1, "norm_num_groups": 8},
-        "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
-    },
-    "mid": {
-        "unet": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2, "cross_attention_dim": 256,
-                 "attention_head_dim": 8, "norm_num_groups": 32},
-        "vae": {"block_out_channels": (32, 64, 128, 128), "layers_per_block": 2, "norm_num_groups": 32},
-        "text": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4},
-    },
-    "sd15": {
-        "unet": {"block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "cross_attention_dim": 768,
-                 "attention_head_dim": 8, "norm_num_groups": 32},
-        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32},
-        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12},
-    },
+# The tests' model. Other sizes with the same layout (benchmarks/models.py) pass their own.
+TINY_SIZES = {
+    "unet": {"block_out_channels": (32, 32, 64, 64), "layers_per_block": 2, "cross_attention_dim": 32,
+             "attention_head_dim": 2, "norm_num_groups": 8},
+    "vae": {"block_out_channels": (8, 16, 16, 16), "layers_per_block": 1, "norm_num_groups": 8},
+    "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
 }
 
 
-def random_parts(shape: str = "tiny", seed: int = 0, directory: str | Path | None = None):
-    """A randomly initialised model of a named shape, as the parts the segmenter is built from.
+def random_modules(sizes: dict, seed: int, tokenizer_dir: Path) -> dict:
+    """Randomly initialised unet, vae, text_encoder and tokenizer of SD 1.x's layout at ``sizes``.
 
     The modules are created on torch's current default device (``with torch.device("meta")``
-    gives weightless models for FLOP counting). A temporary tokenizer folder is used unless
-    ``directory`` is given.
+    gives weightless models for FLOP counting); the tokenizer is saved to ``tokenizer_dir``.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from emerdiff.loading import StableDiffusionParts
-
-    if shape not in SHAPES:
-        raise ValueError(f"unknown model shape {shape!r}; choose one of {sorted(SHAPES)}")
-    sizes = SHAPES[shape]
-    tokenizer_dir = Path(directory or tempfile.mkdtemp(prefix="emerdiff-tokenizer-")) / "tokenizer"
     vocab_size = _save_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -120,26 +99,23 @@ def random_parts(shape: str = "tiny", seed: int = 0, directory: str | Path | Non
             **sizes["text"],
         )
     )
-    return StableDiffusionParts(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
-        scheduler_config=_scheduler_config(),
-        source=f"random-{shape}",
-    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+    }
 
 
-def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
-    """Write the tiny random SD-layout model to ``directory`` (diffusers format) and return its path."""
+def save_model(directory: str | Path, sizes: dict, seed: int = 0) -> Path:
+    """Write a random SD-layout model of ``sizes`` to ``directory`` (diffusers format) and return its path."""
     from diffusers import DDIMScheduler
 
     directory = Path(directory)
-    parts = random_parts("tiny", seed, directory)
-    parts.unet.save_pretrained(directory / "unet")
-    parts.vae.save_pretrained(directory / "vae")
-    parts.text_encoder.save_pretrained(directory / "text_encoder")
-    DDIMScheduler.from_config(_scheduler_config()).save_pretrained(directory / "scheduler")
+    modules = random_modules(sizes, seed, directory / "tokenizer")
+    for part in ("unet", "vae", "text_encoder"):
+        modules[part].save_pretrained(directory / part)
+    DDIMScheduler.from_config(scheduler_config()).save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline",
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -151,9 +127,14 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny random SD-layout model to ``directory`` (diffusers format) and return its path."""
+    return save_model(directory, TINY_SIZES, seed)
+
+
 def tiny_model_dir() -> Path:
     """The tiny model in a per-user cache folder, built once (atomically, so concurrent callers agree)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emerdiff" / "tiny-v1"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emerdiff" / "tiny-v2"
     if (cache / "model_index.json").exists():
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help); modules are imported lazily so `emerdiff --help` stays fast.
+# name -> (module, one-line help); a module is imported only when its subcommand runs.
 SUBCOMMANDS = {
     "label": ("jobs.label", "Label WebDataset shards into Parquet on any fsspec store (the main job)."),
     "segment": ("jobs.segment", "Segment a few image files and write label, overlay and JSON per image."),
@@ -26,16 +26,24 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the flags of the subcommand named in ``argv`` only.
+
+    A subcommand's flags come from its config dataclasses, whose modules import torch and friends;
+    importing only the chosen one keeps `emerdiff --help` and every other command fast.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if arg in SUBCOMMANDS), None)
     parser = argparse.ArgumentParser(prog="emerdiff", description="EmerDiff pseudo-labelling at scale.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=help_text, description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub = commands.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            sub.description = module.__doc__
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
@@ -44,7 +52,7 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     configure_logging(args.log_level)
     return args.run(args)
 

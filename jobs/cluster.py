@@ -17,42 +17,32 @@ from __future__ import annotations
 import argparse
 import logging
 
-from jobs.options import add_storage_arguments
+from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.tools.clustering import ClusterJob, cluster_output
+from jobs.tools.export_png import export_png
+from jobs.tools.kmeans import KMeansConfig
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="Labelling output folder (local path or fsspec URL).")
-    parser.add_argument("--classes", type=int, required=True, metavar="C", help="Number of dataset-wide classes.")
-    parser.add_argument("--out", metavar="DIR", help="Class table folder (default: OUTPUT-classes<C>, beside the output).")
+    add_config_arguments(parser, ClusterJob)
+    add_config_arguments(parser, KMeansConfig)
     parser.add_argument("--png", action="store_true", help="Also write relabelled label maps, DIR/ann_dir/<key>.png.")
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0).")
-    parser.add_argument("--epochs", type=int, default=10, help="Passes over all embeddings (default: 10).")
-    parser.add_argument("--batch-size", type=int, default=4096, help="Embeddings per k-means update (default: 4096).")
-    parser.add_argument("--no-normalize", dest="normalize", action="store_false",
-                        help="Cluster raw embeddings instead of unit-length ones (cosine).")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu).")
     add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top, so that `emerdiff --help` does not load torch and friends.
-    from jobs.tools.clustering import ClusterJob, cluster_output
-    from jobs.tools.export_png import export_png
-    from jobs.tools.kmeans import KMeansConfig
-
-    destination = args.out or f"{args.output.rstrip('/')}-classes{args.classes}"
     try:
-        kmeans = KMeansConfig(num_clusters=args.classes, seed=args.seed, batch_size=args.batch_size, epochs=args.epochs,
-                              normalize=args.normalize, device=args.device)
-        summary = cluster_output(ClusterJob(args.output, destination, kmeans, args.storage_options))
+        kmeans = KMeansConfig(**config_values(KMeansConfig, args))
+        job = ClusterJob(**config_values(ClusterJob, args), kmeans=kmeans, storage_options=args.storage_options)
+        summary = cluster_output(job)
         if args.png:
-            export_png(args.output, destination, args.storage_options, class_table=destination)
+            export_png(job.output, job.destination, job.storage_options, class_table=job.destination)
     except ValueError as error:
         logger.error("%s", error)
         return 2
-    logger.info("%d segments in %d classes written to %s", summary["num_segments"], args.classes, destination)
+    logger.info("%d segments in %d classes written to %s", summary["num_segments"], kmeans.num_clusters, job.destination)
     return 0
 
 

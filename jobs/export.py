@@ -13,42 +13,27 @@ dataset-wide classes (png, coco) or an extra class_labels column (hf).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 
-from jobs.options import add_storage_arguments
+from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.tools.export import ExportConfig, export
 
 logger = logging.getLogger(__name__)
 
-# format -> (module, function); imported on use so that `emerdiff --help` stays fast.
-EXPORTERS = {
-    "png": ("jobs.tools.export_png", "export_png"),
-    "coco": ("jobs.tools.export_coco", "export_coco"),
-    "hf": ("jobs.tools.export_huggingface", "export_huggingface"),
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="Labelling output folder (local path or fsspec URL).")
-    parser.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="What to write.")
-    parser.add_argument("--out", required=True, metavar="DIR", help="Folder to write the export to.")
-    parser.add_argument("--clusters", metavar="DIR",
-                        help="Class table folder from `emerdiff cluster`: export dataset-wide classes, not segment ids.")
-    parser.add_argument("--no-embeddings", dest="embeddings", action="store_false",
-                        help="hf only: leave the segment embeddings out (most of the bytes).")
+    add_config_arguments(parser, ExportConfig)
     add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    module, function = EXPORTERS[args.format]
-    exporter = getattr(importlib.import_module(module), function)
-    options = {"embeddings": args.embeddings} if args.format == "hf" else {}
     try:
-        count = exporter(args.output, args.out, args.storage_options, args.clusters, **options)
+        config = ExportConfig(**config_values(ExportConfig, args), storage_options=args.storage_options)
+        count = export(config)
     except ValueError as error:
         logger.error("%s", error)
         return 2
-    logger.info("exported %d %s to %s", count, "annotations" if args.format == "coco" else "rows", args.out)
+    logger.info("exported %d %s to %s", count, "annotations" if config.file_format == "coco" else "rows", config.destination)
     return 0
 
 

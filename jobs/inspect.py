@@ -9,24 +9,23 @@ from __future__ import annotations
 import argparse
 import logging
 
-from jobs.options import add_storage_arguments
+from jobs.options import add_config_arguments, add_report_argument, add_storage_arguments, config_values
 from jobs.tools.reports import write_json
+from jobs.tools.summary import InspectConfig, format_summary, summarise
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="Labelling output folder (local path or fsspec URL).")
-    parser.add_argument("--json", metavar="FILE", help="Also write the summary as JSON.")
+    add_config_arguments(parser, InspectConfig)
+    add_report_argument(parser, "summary")
     add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top, so that `emerdiff --help` does not load torch and friends.
-    from jobs.tools.summary import format_summary, summarise
-
     try:
-        summary = summarise(args.output, args.storage_options)
+        config = InspectConfig(**config_values(InspectConfig, args))
+        summary = summarise(config.output, args.storage_options)
     except ValueError as error:
         logger.error("%s", error)
         return 2

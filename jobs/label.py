@@ -1,7 +1,6 @@
 """Label WebDataset shards into one Parquet file per shard, on any fsspec store, with Ray.
 
-  emerdiff label --input 's3://bucket/shards/shard-{000000..000999}.tar' \\
-                 --output s3://bucket/labels/run1 --model stable-diffusion-v1-5/stable-diffusion-v1-5
+  emerdiff label --input 's3://bucket/shards/shard-{000000..000999}.tar' --output s3://bucket/labels/run1
 
 Shards can also be listed in text files, one URL (or pattern) per line: --input-list urls.txt.
 
@@ -18,22 +17,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import logging
-import os
 import signal
 import sys
 import threading
-import types
-import typing
 
-from jobs.options import add_config_arguments, add_model_arguments, add_storage_arguments, config_from_args
-from pipeline.config import FailureInjection, LabelJobConfig
+from jobs.options import (
+    add_config_arguments, add_method_arguments, add_model_arguments, add_storage_arguments, config_from_args, config_values,
+)
+from pipeline.config import LabelJobConfig
+from schemas.urls import read_list_file
 
 logger = logging.getLogger("jobs.label")
-
-FAILURE_INJECTION_ENV = "EMERDIFF_FAILURE_INJECTION"  # JSON of pipeline.config.FailureInjection; tests only
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,51 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Output folder (local path or fsspec URL); see the layout above.")
     add_model_arguments(parser)
     add_storage_arguments(parser)
-    _add_job_arguments(parser.add_argument_group("job"))
-    add_config_arguments(parser)
-
-
-def _job_option_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(LabelJobConfig) if "help" in f.metadata]
-
-
-def _add_job_arguments(group) -> None:
-    hints = typing.get_type_hints(LabelJobConfig)
-    for field in _job_option_fields():
-        flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata["help"]
-        if field.default is not None and field.default is not False:
-            help_text += f" (default: {_show(field.default)})"
-        base = _base_type(hints[field.name])
-        settings = dict(field.metadata["flag"])
-        if base is bool:
-            group.add_argument(flag, dest=field.name, action="store_true", help=help_text)
-            continue
-        if base in (int, float):
-            settings.setdefault("metavar", "N")
-        parse = {int: int, float: float, tuple: _comma_list}.get(base, str)
-        group.add_argument(flag, dest=field.name, type=parse, default=field.default, help=help_text, **settings)
-
-
-def _base_type(hint):
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(hint) is typing.Literal:
-        return str
-    return typing.get_origin(hint) or hint
-
-
-def _show(default) -> str:
-    return ",".join(default) if isinstance(default, tuple) else str(default)
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip().lstrip(".") for part in text.split(",") if part.strip())
+    add_config_arguments(parser, LabelJobConfig, title="job")
+    add_method_arguments(parser)
 
 
 def job_from_args(args: argparse.Namespace) -> LabelJobConfig:
     """The job config the flags describe; raises ValueError naming any bad value."""
-    injection = os.environ.get(FAILURE_INJECTION_ENV)
     return LabelJobConfig(
         inputs=_inputs_from_args(args),
         output=args.output,
@@ -102,18 +58,17 @@ def job_from_args(args: argparse.Namespace) -> LabelJobConfig:
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         storage_options=args.storage_options,
-        failure_injection=FailureInjection(**json.loads(injection)) if injection else None,
-        **{field.name: getattr(args, field.name) for field in _job_option_fields()},
+        **config_values(LabelJobConfig, args),
     )
 
 
 def _inputs_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     """--input entries, then each --input-list's entries in file order; raises ValueError for none."""
-    from pipeline.sources import read_url_list  # imports webdataset: not needed for --help
-
     if not args.inputs and not args.input_lists:
         raise ValueError("no input shards: pass --input URL [URL ...], --input-list URL, or both")
-    listed = [entry for url in args.input_lists for entry in read_url_list(url, args.storage_options)]
+    listed = [entry for url in args.input_lists for entry in read_list_file(
+        url, args.storage_options, what="URL list", flag="--input-list", entries="shard URLs",
+        folder_hint=" (to label every shard in a folder, use --input 'FOLDER/*.tar')")]
     return (*args.inputs, *listed)
 
 
@@ -142,9 +97,9 @@ def _quiet_store_clients() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emerdiff import ModelLoadError
+    # Imported here so that --help stays light; none of these imports torch (the driver never does).
     from pipeline.distributors import JobError
-    from pipeline.job import JobRefused, plan_job, run_job
+    from pipeline.driver import JobRefused, plan_job, run_job
     from pipeline.lease import LeaseHeld, LeaseLost
 
     _quiet_store_clients()
@@ -155,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         with _sigterm_as_interrupt():
             summary = run_job(job)
-    except (JobRefused, LeaseHeld, ValueError, FileNotFoundError, ModelLoadError, JobError) as error:
+    except (JobRefused, LeaseHeld, ValueError, FileNotFoundError, JobError) as error:
         logger.error("%s", error)
         return 2
     except LeaseLost as error:  # another job took the output over: this one's work stops uncommitted

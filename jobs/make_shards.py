@@ -15,41 +15,27 @@ from __future__ import annotations
 import argparse
 import logging
 
-from jobs.options import add_storage_arguments
-from jobs.tools.cocostuff import GT_MAPPINGS
+from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.tools.image_shards import ShardsConfig, make_shards
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SRC", help="Folder, glob or list file of images (local path or fsspec URL).")
-    parser.add_argument("--output", required=True, metavar="DIR", help="Folder the shards are written to.")
-    parser.add_argument("--maxcount", type=int, default=1000, help="Samples per shard (default: 1000).")
-    parser.add_argument("--gt", metavar="DIR", help="Folder of ground-truth label PNGs named like the images.")
-    parser.add_argument("--gt-mapping", choices=sorted(GT_MAPPINGS),
-                        help="Map the ground truth's fine ids to coarse classes, e.g. COCO-Stuff's 182 labels to its 27 classes.")
-    parser.add_argument("--prefix", default="shard", help="Shard names are PREFIX-000000.tar, ... (default: shard).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace shards with the same prefix already in --output.")
+    add_config_arguments(parser, ShardsConfig)
     add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top, so that `emerdiff --help` does not load torch and friends.
-    from jobs.tools.image_shards import ShardsConfig, make_shards
-
     try:
-        config = ShardsConfig(
-            source=args.source, output=args.output, maxcount=args.maxcount, ground_truth=args.gt,
-            gt_mapping=args.gt_mapping, prefix=args.prefix, overwrite=args.overwrite,
-            storage_options=args.storage_options,
-        )
+        config = ShardsConfig(**config_values(ShardsConfig, args), storage_options=args.storage_options)
         summary = make_shards(config)
     except ValueError as error:
         logger.error("%s", error)
         return 2
     logger.info(
         "wrote %d samples (%d with ground truth) in %d shard(s) to %s",
-        summary.samples, summary.with_ground_truth, len(summary.shards), args.output,
+        summary.samples, summary.with_ground_truth, len(summary.shards), config.output,
     )
     return 0
 

@@ -1,34 +1,88 @@
-"""Command-line flags shared by the subcommands that run the method.
+"""From a config dataclass to command-line flags, the one way every subcommand uses.
 
-The flags are generated from ``EmerDiffConfig``'s fields (kebab-case) so the two never drift apart.
+A field becomes a flag when its metadata has ``help`` (``pipeline.config.option``; the method's
+``EmerDiffConfig`` fields carry the same metadata): ``--kebab-case`` of its name unless the
+metadata names it, its type and choices from the annotation, its default shown in the help.
+Every flag defaults to None, so a flag not given leaves the dataclass default (or a ``--config``
+file's value) in place: ``config_values`` returns only what was given.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 
-from emerdiff.config import EmerDiffConfig
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
 
 
-def _flag_type(field: dataclasses.Field):
-    hint = typing.get_type_hints(EmerDiffConfig)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-    if base is bool:
-        return _parse_bool
-    if typing.get_origin(base) is typing.Literal:
-        return str
-    return base
+def add_config_arguments(parser, cls: type, title: str | None = None) -> None:
+    """Add one argument per flag field of the dataclass ``cls`` (in a group when ``title`` is given)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    for field in flag_fields(cls):
+        names, settings = _argument(field, hints[field.name])
+        group.add_argument(*names, **settings)
 
 
-def _choices(field: dataclasses.Field):
-    hint = typing.get_type_hints(EmerDiffConfig)[field.name]
-    return list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else None
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
+
+
+def config_values(cls: type, args: argparse.Namespace) -> dict:
+    """The values given on the command line for ``cls``'s flag fields (lists become tuples)."""
+    values = {}
+    for field in flag_fields(cls):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
+    flag = dict(field.metadata.get("flag", {}))
+    name = flag.pop("name", "--" + field.name.replace("_", "-"))
+    base, choices = _base_type(hint)
+    settings: dict = {"help": _help(field, name)}
+    if not name.startswith("-"):  # positional: argparse takes its destination from the name
+        return [name], {**settings, "type": str if base is tuple else base, **flag}
+    settings.update(dest=field.name, default=None)
+    if _required(field):
+        settings["required"] = True
+    if base is bool and name.startswith("--no-"):
+        settings["action"] = "store_false"
+    elif base is bool:  # --flag alone, or --flag true/false to override a --config file
+        settings.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+    else:
+        settings.update(type=_parse_comma_list if base is tuple else base, choices=choices)
+        if base in (int, float) and not choices:
+            settings["metavar"] = "N"
+    settings.update(flag)
+    return [name], settings
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _help(field: dataclasses.Field, name: str) -> str:
+    """The field's help with its default, "Seed (default: 0)."; none for required, positional and boolean flags."""
+    text, default = field.metadata["help"], field.default
+    if _required(field) or default is None or isinstance(default, bool) or not name.startswith("-"):
+        return text
+    shown = ",".join(default) if isinstance(default, tuple) else default
+    return f"{text.removesuffix('.')} (default: {shown})."
+
+
+def _base_type(hint) -> tuple[type, list | None]:
+    """The argparse type of an annotation (Optional unwrapped) and its choices for a Literal."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return str, list(typing.get_args(hint))
+    return typing.get_origin(hint) or hint, None
 
 
 def _parse_bool(text: str) -> bool:
@@ -40,30 +94,24 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _parse_comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lstrip(".") for part in text.split(",") if part.strip())
+
+
+# -- the flags several subcommands share -----------------------------------------------------------
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and one flag per ``EmerDiffConfig`` field."""
     group = parser.add_argument_group("method (EmerDiffConfig; flags override --config)")
     group.add_argument("--config", metavar="FILE", help="JSON or YAML file with any of the fields below.")
-    for field in dataclasses.fields(EmerDiffConfig):
-        group.add_argument(
-            "--" + field.name.replace("_", "-"),
-            dest=f"config_{field.name}",
-            type=_flag_type(field),
-            choices=_choices(field),
-            default=None,
-            metavar="BOOL" if _flag_type(field) is _parse_bool else None,
-            help=f"{field.metadata['help']} (default: {field.default})",
-        )
+    add_config_arguments(group, EmerDiffConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> EmerDiffConfig:
     """Defaults, then the --config file, then individual flags; raises ValueError on bad values."""
     config = EmerDiffConfig.from_file(args.config) if args.config else EmerDiffConfig()
-    overrides = {
-        field.name: getattr(args, f"config_{field.name}")
-        for field in dataclasses.fields(EmerDiffConfig)
-        if getattr(args, f"config_{field.name}") is not None
-    }
-    return config.replace(**overrides)
+    return config.replace(**config_values(EmerDiffConfig, args))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,9 +137,11 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_json_object(text: str) -> dict:
-    import json
+def add_report_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", metavar="FILE", help=f"Also write the {what} as JSON (local path or fsspec URL).")
 
+
+def _parse_json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:

@@ -12,32 +12,32 @@ import dataclasses
 import os
 from typing import Any, Literal
 
-from emerdiff.config import EmerDiffConfig
-from schemas.layout import redact_url
+from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
+from schemas.urls import has_scheme, is_pipe, redact_url
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PIL_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
 
-@dataclasses.dataclass(frozen=True)
-class FailureInjection:
-    """A deliberate crash, for tests of retries and resume: after ``after_rows`` rows of ``shard``."""
+def option(default: Any = dataclasses.MISSING, help: str = "", **flag: Any) -> Any:
+    """A config field that is also a command-line flag (``jobs.options`` builds the flags).
 
-    shard: str  # output name of the shard to crash in
-    after_rows: int = 1
-    mode: Literal["raise", "exit"] = "raise"  # "exit": the process dies at once, as on OOM or preemption
-    attempts: int = 1  # crash only on this many first attempts, so a retry can succeed
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("raise", "exit"):
-            raise ValueError(f"FailureInjection.mode must be 'raise' or 'exit', got {self.mode!r}")
-        if self.after_rows < 0 or self.attempts < 0:
-            raise ValueError(f"FailureInjection.after_rows and attempts must be >= 0, got {self.after_rows}, {self.attempts}")
-
-
-def _option(default: Any, help: str, **flag: Any) -> Any:
-    """A job option with its command-line help; ``flag`` adds argparse settings (choices, metavar)."""
+    ``help`` is the flag's help text; ``flag`` overrides what is derived from the field:
+    ``name`` ("--out", "--no-images" for a field that defaults to True, or a bare name for a
+    positional argument) and any ``argparse`` setting (metavar, choices, action, type).
+    """
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag})
+
+
+def output_option() -> Any:
+    """The positional OUTPUT of the tools that read a labelling output."""
+    return option(help="Labelling output folder (local path or fsspec URL).", name="output", metavar="OUTPUT")
+
+
+def positive_int_problem(name: str, value: Any) -> str | None:
+    """The complaint about ``value`` unless it is an integer >= 1 (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"{name} must be a positive integer, got {value!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,38 +52,37 @@ class LabelJobConfig:
     dtype: str | None = None  # default float16 on CUDA, float32 on CPU
     allow_pickle: bool = False  # .ckpt/.bin checkpoints can run code when loaded
     storage_options: dict = dataclasses.field(default_factory=dict)  # fsspec options; never written anywhere
-    failure_injection: FailureInjection | None = None  # tests only (env EMERDIFF_FAILURE_INJECTION for the CLI)
 
     # Job options: one flag each, generated from this metadata.
-    batch_size: int = _option(4, "Images per segment_batch call. Larger batches share the feature pass; 4-8 is plenty on a GPU.")
+    batch_size: int = option(4, "Images per segment_batch call. Larger batches share the feature pass; 4-8 is plenty on a GPU.")
     # Each is a full-size decoded picture (a 12 MP photo is 36 MB); the model takes seconds per image.
-    prefetch: int = _option(8, "Decoded images a reader thread keeps ready ahead of the model, so it never waits on I/O.")
-    rows_per_row_group: int = _option(128, "Rows per Parquet row group (a row is ~100 KB with SD's 1280-d embeddings).")
-    max_image_pixels: int = _option(
+    prefetch: int = option(8, "Decoded images a reader thread keeps ready ahead of the model, so it never waits on I/O.")
+    rows_per_row_group: int = option(128, "Rows per Parquet row group (a row is ~100 KB with SD's 1280-d embeddings).")
+    max_image_pixels: int = option(
         PIL_MAX_IMAGE_PIXELS,
         "Images with more pixels become error rows, checked from the header before decoding (decompression bombs).")
-    image_extensions: tuple[str, ...] = _option(
+    image_extensions: tuple[str, ...] = option(
         ("jpg", "jpeg", "png", "webp"), "Sample members tried as the image, in order (comma-separated).", metavar="EXT,EXT")
-    executor: Literal["ray", "local"] = _option(
+    executor: Literal["ray", "local"] = option(
         "ray", "ray: Ray actors, one model each. local: one in-process loop without Ray (debugging).", choices=["ray", "local"])
-    address: str | None = _option(
+    address: str | None = option(
         None, "Ray cluster to join (e.g. ray://head:10001 or auto). Default: $RAY_ADDRESS, else a local Ray without dashboard.")
-    num_actors: int | None = _option(None, "Labelling actors (one model each). Default: one per GPU in the cluster, or 1 without GPUs.")
-    accelerator: Literal["auto", "gpu", "cpu"] = _option(
+    num_actors: int | None = option(None, "Labelling actors (one model each). Default: one per GPU in the cluster, or 1 without GPUs.")
+    accelerator: Literal["auto", "gpu", "cpu"] = option(
         "auto", "gpu: each actor takes one GPU; cpu: CPU-only actors; auto: gpu if the cluster has GPUs now. "
                 "Use gpu on autoscaling clusters whose GPU nodes are not up yet.", choices=["auto", "gpu", "cpu"])
-    cpus_per_actor: float | None = _option(None, "CPUs reserved per actor. Default: 1 for GPU actors; the CPUs split evenly for CPU actors.")
-    max_attempts: int = _option(3, "Tries per shard (errors and dead actors both count) before it is reported as failed.")
-    model_cache_dir: str | None = _option(
+    cpus_per_actor: float | None = option(None, "CPUs reserved per actor. Default: 1 for GPU actors; the CPUs split evenly for CPU actors.")
+    max_attempts: int = option(3, "Tries per shard (errors and dead actors both count) before it is reported as failed.")
+    model_cache_dir: str | None = option(
         None, "Node-local folder where a --model given as URL is copied once. Default: $EMERDIFF_MODEL_CACHE or ~/.cache/emerdiff/models.")
-    allow_pipe: bool = _option(False, "Allow 'pipe:COMMAND' inputs, which run a shell command per shard.")
-    lease_seconds: float = _option(
+    allow_pipe: bool = option(False, "Allow 'pipe:COMMAND' inputs, which run a shell command per shard.")
+    lease_seconds: float = option(
         120.0, "The job holds OUTPUT/_lease.json, renewed every quarter of this; if its driver dies, another job may "
                "take the output over this long after the last renewal.")
-    lease_wait: float = _option(
+    lease_wait: float = option(
         0.0, "Seconds to wait for another job writing the same --output to finish (or its lease to expire) instead of refusing at once.")
-    overwrite: bool = _option(False, "Delete an existing output in --output (whatever made it) and label every shard again.")
-    dry_run: bool = _option(False, "List pending and done shards and exit: no model is loaded, no Ray started.")
+    overwrite: bool = option(False, "Delete an existing output in --output (whatever made it) and label every shard again.")
+    dry_run: bool = option(False, "List pending and done shards and exit: no model is loaded, no Ray started.")
 
     def __post_init__(self) -> None:
         problems = list(_problems(self))
@@ -101,14 +100,12 @@ class LabelJobConfig:
         values["inputs"] = tuple(values["inputs"])
         values["image_extensions"] = tuple(values.get("image_extensions", cls.image_extensions))
         values["method"] = EmerDiffConfig.from_dict(values.get("method", {}))
-        if values.get("failure_injection"):
-            values["failure_injection"] = FailureInjection(**values["failure_injection"])
         return cls(**values)
 
     def public_dict(self) -> dict[str, Any]:
-        """What ``_job.json`` records: no storage options, URLs redacted, no test hooks."""
+        """What ``_job.json`` records: no storage options, URLs redacted."""
         values = self.to_dict()
-        del values["storage_options"], values["failure_injection"]
+        del values["storage_options"]
         values["inputs"] = [redact_url(url) for url in self.inputs]
         values["output"] = redact_url(self.output)
         values["model"] = redact_url(self.model)
@@ -129,7 +126,7 @@ class LabelJobConfig:
 
 
 def _absolute(url: str) -> str:
-    if "://" in url or url.startswith("pipe:"):
+    if has_scheme(url) or is_pipe(url):
         return url
     return os.path.abspath(os.path.expanduser(url))
 
@@ -139,15 +136,14 @@ def _problems(job: LabelJobConfig):
         yield f"inputs must be a non-empty list of shard URLs or patterns, got {job.inputs!r}"
     elif any(not url.strip() for url in job.inputs):  # a blank would become the current folder
         yield f"inputs must not contain blank entries (a stray empty line in a URL list?), got {list(job.inputs)!r}"
-    elif not job.allow_pipe and any(url.startswith("pipe:") for url in job.inputs):
+    elif not job.allow_pipe and any(is_pipe(url) for url in job.inputs):
         yield "inputs contain 'pipe:' URLs, which run shell commands; pass --allow-pipe if you mean it"
     if not job.output:
         yield "output must be a folder URL or path"
     for name in ("batch_size", "prefetch", "rows_per_row_group", "max_image_pixels", "max_attempts"):
-        value = getattr(job, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            yield f"{name} must be a positive integer, got {value!r}"
-    if job.num_actors is not None and (isinstance(job.num_actors, bool) or not isinstance(job.num_actors, int) or job.num_actors < 1):
+        if problem := positive_int_problem(name, getattr(job, name)):
+            yield problem
+    if job.num_actors is not None and positive_int_problem("num_actors", job.num_actors):
         yield f"num_actors must be a positive integer or unset, got {job.num_actors!r}"
     if isinstance(job.lease_seconds, bool) or not isinstance(job.lease_seconds, (int, float)) or not job.lease_seconds > 0:
         yield f"lease_seconds must be a number of seconds > 0, got {job.lease_seconds!r}"

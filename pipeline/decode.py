@@ -2,7 +2,8 @@
 
 A bad sample never stops a shard: it becomes a ``DecodedSample`` with ``error`` set, and later an
 error row. Error messages read "<reason>: <detail>"; the reason part is what per-shard statistics
-count, so it stays one of the fixed strings below.
+count, so it stays one of the fixed strings below (or of those in pipeline.sources, for samples
+whose tar members could not be read as one).
 """
 
 from __future__ import annotations
@@ -16,19 +17,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from PIL import Image
 
 from emerdiff.images import to_rgb
+from pipeline.sources import SAMPLE_ERROR, SampleError
 
 MISSING_IMAGE = "missing image member"
 UNDECODABLE = "undecodable image"
 TOO_LARGE = "image too large"
 UNSUPPORTED = "unsupported image"
-
-
-class SampleError(ValueError):
-    """One sample cannot be labelled; ``str()`` is the row's error message."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclasses.dataclass
@@ -64,7 +58,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def find_image(sample: dict, extensions: Sequence[str]) -> bytes:
-    """The bytes of the sample's image member: the first of ``extensions`` that it has."""
+    """The bytes of the sample's image member: the first of ``extensions`` that it has.
+
+    Raises the sample's own SampleError when ShardStream could not read its members as one sample.
+    """
+    if SAMPLE_ERROR in sample:
+        raise sample[SAMPLE_ERROR]
     for extension in extensions:
         if extension in sample:
             return sample[extension]

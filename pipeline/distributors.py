@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -18,11 +17,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from pipeline.config import LabelJobConfig
-from pipeline.shard import Progress, ShardLabeler, ShardTask
-from schemas.layout import redact_url, redact_urls_in
+from pipeline.tasks import Event, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
 from schemas.markers import ShardMarker
+from schemas.urls import redact_url, redact_urls_in
+
+if TYPE_CHECKING:
+    from pipeline.labeler import ShardLabeler
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +35,6 @@ _UNSCHEDULED_WARNING_SECONDS = 120.0
 
 class JobError(RuntimeError):
     """The job cannot go on at all (e.g. no actor can load the model); the message says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerReady:
-    model_info: dict  # EmerDiffSegmenter.model_info plus "worker" (host:pid)
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardDone:
-    task: ShardTask
-    marker: ShardMarker
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardRetry:
-    task: ShardTask  # the attempt that failed; the next one is queued
-    error: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardFailed:
-    task: ShardTask  # the last attempt
-    error: str
-
-
-Event = WorkerReady | ShardDone | ShardRetry | ShardFailed
 
 
 class ShardQueue:
@@ -120,6 +97,8 @@ class LabelActor:
     """One model on one GPU (or CPU), labelling whole shards for the driver."""
 
     def __init__(self, job: LabelJobConfig, log_level: int = logging.WARNING):
+        # Imported here: the labeller and the model pull in torch, which the driver never needs.
+        from pipeline.labeler import ShardLabeler
         from pipeline.models import load_segmenter
 
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -185,19 +164,39 @@ def _original_message(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+class _PendingRefs:
+    """The references ``ray.wait`` watches, as one list kept up to date: adding and removing one is
+    O(1) (the last reference moves into the removed one's slot), so no event rebuilds the list."""
+
+    def __init__(self):
+        self.refs: list = []
+        self._index: dict = {}
+
+    def add(self, ref) -> None:
+        self._index[ref] = len(self.refs)
+        self.refs.append(ref)
+
+    def remove(self, ref) -> None:
+        index, last = self._index.pop(ref), self.refs.pop()
+        if index < len(self.refs):
+            self.refs[index] = last
+            self._index[last] = index
+
+
 class _RayActorPool:
-    def __init__(self, job: LabelJobConfig, num_actors: int, options: dict):
+    def __init__(self, job: LabelJobConfig, num_actors: int, options: dict, actor_class: type = LabelActor):
         import ray
 
         self.ray = ray
         self.job = job
         self.num_actors = num_actors
         self.options = options
-        self.actor_class = ray.remote(LabelActor).options(**options)
+        self.actor_class = ray.remote(actor_class).options(**options)
         self.log_level = logging.getLogger("pipeline").getEffectiveLevel()
         self.starting: dict = {}  # ready() ref -> actor
         self.idle: list = []
         self.running: dict = {}  # streaming generator -> (actor, task)
+        self.pending = _PendingRefs()  # the ready() refs of starting actors and the running generators
         self.any_ready = False
         self.deaths = 0  # since the last committed shard
         self.waiting_since = time.monotonic()
@@ -206,7 +205,9 @@ class _RayActorPool:
 
     def _start_actor(self) -> None:
         actor = self.actor_class.remote(self.job, self.log_level)
-        self.starting[actor.ready.remote()] = actor
+        ref = actor.ready.remote()
+        self.starting[ref] = actor
+        self.pending.add(ref)
 
     def _replace(self, actor, reason: str) -> None:
         self.ray.kill(actor, no_restart=True)
@@ -222,8 +223,10 @@ class _RayActorPool:
         while queue or self.running:
             while self.idle and queue:
                 actor, task = self.idle.pop(), queue.pop()
-                self.running[actor.label.options(num_returns="streaming").remote(task)] = (actor, task)
-            ready, _ = self.ray.wait([*self.starting, *self.running], num_returns=1, timeout=1.0)
+                generator = actor.label.options(num_returns="streaming").remote(task)
+                self.running[generator] = (actor, task)
+                self.pending.add(generator)
+            ready, _ = self.ray.wait(self.pending.refs, num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in self.starting:
                     yield from self._on_started(ref)
@@ -233,6 +236,7 @@ class _RayActorPool:
 
     def _on_started(self, ref) -> Iterator[Event]:
         actor = self.starting.pop(ref)
+        self.pending.remove(ref)
         try:
             info = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as error:
@@ -249,25 +253,29 @@ class _RayActorPool:
         try:
             event = self.ray.get(next(generator))
         except StopIteration:
-            del self.running[generator]
+            self._stop_watching(generator)
             self.idle.append(actor)
             yield queue.failed(task, "the actor finished the shard without a marker")
         except self.ray.exceptions.RayActorError as error:
-            del self.running[generator]
+            self._stop_watching(generator)
             self._replace(actor, _original_message(error))
             yield queue.failed(task, f"actor died: {_original_message(error)}")
         except self.ray.exceptions.RayTaskError as error:
-            del self.running[generator]
+            self._stop_watching(generator)
             self.idle.append(actor)
             yield queue.failed(task, describe(error.cause) if error.cause else _original_message(error))
         else:
             if isinstance(event, ShardMarker):
-                del self.running[generator]
+                self._stop_watching(generator)
                 self.idle.append(actor)
                 self.deaths = 0
                 yield queue.done(task, event)
             else:
                 on_progress(event)
+
+    def _stop_watching(self, generator) -> None:
+        del self.running[generator]
+        self.pending.remove(generator)
 
     def _warn_if_unscheduled(self) -> None:
         # Before the first model loads, or after every node with a GPU was lost: shards wait, no
@@ -286,14 +294,18 @@ class _RayActorPool:
             self.ray.kill(actor, no_restart=True)
 
 
-def run_on_ray(queue: ShardQueue, job: LabelJobConfig, on_progress: ProgressCallback) -> Iterator[Event]:
-    """Label the queue's shards with Ray actors; a dead actor is replaced and its shard requeued."""
+def run_on_ray(queue: ShardQueue, job: LabelJobConfig, on_progress: ProgressCallback,
+               actor_class: type = LabelActor) -> Iterator[Event]:
+    """Label the queue's shards with Ray actors; a dead actor is replaced and its shard requeued.
+
+    ``actor_class``: LabelActor or a subclass (the tests' actors that crash on purpose).
+    """
     import ray
 
     with ray_session(job.address):
         num_actors, options = actor_options(job, ray.cluster_resources())
         logger.info("starting %d labelling actor(s), each with %s", num_actors, options)
-        pool = _RayActorPool(job, num_actors, options)
+        pool = _RayActorPool(job, num_actors, options, actor_class)
         try:
             yield from pool.run(queue, on_progress)
         finally:

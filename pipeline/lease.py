@@ -23,7 +23,8 @@ import time
 import uuid
 
 from pipeline.storage import create_exclusive, replace_file
-from schemas.layout import OutputLayout, redact_url, redact_urls_in
+from schemas.layout import OutputLayout
+from schemas.urls import redact_url, redact_urls_in
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import fsspec
 
 from pipeline.config import LabelJobConfig
-from pipeline.sources import is_remote
-from schemas.layout import redact_url
+from schemas.urls import is_remote, redact_url
 
 logger = logging.getLogger(__name__)
 

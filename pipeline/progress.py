@@ -15,7 +15,7 @@ import sys
 
 from tqdm import tqdm
 
-from pipeline.shard import Progress
+from pipeline.tasks import Progress
 
 
 @dataclasses.dataclass

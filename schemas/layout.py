@@ -14,11 +14,10 @@ Everything but the data files starts with ``_`` so Parquet readers pointed at ``
 
 from __future__ import annotations
 
-import re
-import shlex
-from urllib.parse import urlsplit, urlunsplit
-
 import fsspec
+
+from schemas.shards import shard_name
+from schemas.urls import redact_url
 
 DATA_DIR = "data"
 MARKERS_DIR = "_markers"
@@ -28,56 +27,10 @@ SUCCESS_FILE = "_SUCCESS"
 LEASE_FILE = "_lease.json"
 TEMP_SUFFIX = ".tmp"  # hidden files being written on local disk (pipeline.storage)
 
-_TAR_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
-
-def redact_url(url: str) -> str:
-    """The URL without userinfo, query string or fragment: safe for logs, rows and manifests.
-
-    Signed URLs carry their credentials in the query string, so it is replaced by ``?REDACTED``.
-    A ``pipe:`` command has each URL inside it redacted.
-    """
-    if url.startswith("pipe:"):
-        return "pipe:" + " ".join(redact_url(part) if "://" in part else part for part in url[5:].split(" "))
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "REDACTED" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def redact_urls_in(text: str) -> str:
-    """``text`` with every URL in it redacted: error messages from HTTP and store clients quote the
-    full URL they failed on, signature included."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
-
-
-def shard_name(url: str) -> str:
-    """The output name of an input shard: its file name without the tar suffix, made path-safe.
-
-    Stable across runs and independent of the store, query string and credentials, so
-    ``s3://b/x/shard-000001.tar?sig=...`` and ``/mnt/x/shard-000001.tar`` both give
-    ``shard-000001``. The name never contains ``/`` or ``..`` and never starts with ``.`` or
-    ``_`` (readers would hide it), so it cannot leave ``data/`` or ``_markers/``. Applying it to a
-    name returns the name. Raises ValueError when nothing usable remains.
-    """
-    if url.startswith("pipe:"):
-        tokens = [t for t in shlex.split(url[5:]) if t != "-"]
-        tar_tokens = [t for t in tokens if ".tar" in t or ".tgz" in t]
-        url = (tar_tokens or tokens or [""])[-1]
-    path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
-    base = path.rstrip("/").rsplit("/", 1)[-1]
-    for suffix in _TAR_SUFFIXES:
-        if base.lower().endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    name = _UNSAFE.sub("_", base).lstrip("._-")
-    if not name:
-        raise ValueError(f"cannot derive an output name from shard URL {redact_url(url)!r}: its file name is empty or unsafe")
-    return name
+def data_file_key(shard: str) -> str:
+    """Where a shard's data file lies relative to the output root, as markers and the manifest record it."""
+    return f"{DATA_DIR}/{shard_name(shard)}.parquet"
 
 
 class OutputLayout:
@@ -109,7 +62,7 @@ class OutputLayout:
         return self._join(MARKERS_DIR)
 
     def data_path(self, shard: str) -> str:
-        return self._join(DATA_DIR, f"{shard_name(shard)}.parquet")
+        return self._join(data_file_key(shard))
 
     def marker_path(self, shard: str) -> str:
         return self._join(MARKERS_DIR, f"{shard_name(shard)}.json")

@@ -10,7 +10,9 @@ from schemas.labels import (
     HF_FEATURES, LABELS_SCHEMA, decode_label_png, encode_label_png, error_row, file_metadata, labels_schema,
     ok_row, parse_file_metadata, rows_to_batch,
 )
-from schemas.layout import OutputLayout, redact_url, shard_name
+from schemas.layout import OutputLayout
+from schemas.shards import shard_name
+from schemas.urls import redact_url
 from schemas.markers import MAX_ERROR_REASONS, OTHER_REASONS, ShardMarker, ShardStats, manifest_row_done, manifest_table
 
 

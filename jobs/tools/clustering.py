@@ -25,7 +25,8 @@ from fsspec.core import url_to_fs
 from tqdm import tqdm
 
 from jobs.tools.kmeans import KMeansConfig, MiniBatchKMeans
-from schemas.tools import flatten_segments, iter_batches
+from pipeline.config import option, output_option
+from schemas.reading import flatten_segments, iter_batches
 
 CLASS_TABLE_FILE = "segment_classes.parquet"
 CENTROIDS_FILE = "centroids.npy"
@@ -80,10 +81,16 @@ def relabel(labels: np.ndarray, lookup: np.ndarray, key: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ClusterJob:
-    output: str
-    destination: str  # folder for the class table; see the module docstring
+    output: str = output_option()
     kmeans: KMeansConfig
+    # The class table folder; see the module docstring.
+    destination: str | None = option(
+        None, "Class table folder (default: OUTPUT-classes<C>, beside the output).", name="--out", metavar="DIR")
     storage_options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.destination is None:
+            object.__setattr__(self, "destination", f"{self.output.rstrip('/')}-classes{self.kmeans.num_clusters}")
 
 
 def cluster_output(job: ClusterJob) -> dict:

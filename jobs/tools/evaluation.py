@@ -11,7 +11,6 @@ import dataclasses
 import io
 import math
 
-import fsspec
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -25,30 +24,35 @@ from jobs.tools.metrics import (
     per_image_counts,
 )
 from jobs.tools.protocols import DATASET, PER_IMAGE, PROTOCOLS
-from pipeline.sources import ShardStream, expand_inputs
+from pipeline.config import option, output_option, positive_int_problem
+from pipeline.sources import ShardStream
 from schemas.labels import STATUS_OK, decode_label_png
-from schemas.tools import flatten_segments, iter_batches
+from schemas.reading import flatten_segments, iter_batches
+from schemas.shards import expand_shards
 
 GROUND_TRUTH_MEMBER = "seg.png"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    output: str
-    # Ground-truth shards: a folder of .tar files, a glob, a brace pattern or one shard URL.
-    ground_truth: str
-    # C, the classes in the ground truth (27 for COCO-Stuff-27); ids 0..C-1, anything else is an error.
-    num_classes: int
-    ignore_index: int = 255
-    protocols: tuple[str, ...] = PROTOCOLS
+    output: str = output_option()
+    ground_truth: str = option(
+        help="Ground-truth shards: a folder of .tar files, a glob, a brace pattern or one shard.", name="--gt", metavar="SHARDS")
+    # Ids outside 0..C-1 (other than ignore_index) are an error, not silently dropped.
+    num_classes: int = option(
+        help="Number of ground-truth classes (ids 0..C-1; 27 for COCO-Stuff-27).", name="--classes", metavar="C")
+    ignore_index: int = option(255, "Ground-truth value of unlabelled pixels.")
+    protocols: tuple[str, ...] = option(
+        PROTOCOLS, "Protocol to report; repeat for several.", name="--protocol", action="append",
+        type=str, choices=list(PROTOCOLS), metavar=None)
     # dataset-hungarian clusters segment embeddings into C classes first; these steer that k-means.
-    seed: int = 0
-    kmeans_epochs: int = 10
-    device: str = "cpu"
+    seed: int = option(0, "Seed of the dataset-level k-means.")
+    kmeans_epochs: int = option(10, "Passes of the dataset-level k-means.")
+    device: str = option("cpu", "torch device for the k-means.")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+        if positive_int_problem("num_classes", self.num_classes):
             raise ValueError(f"num_classes must be a positive integer (the ground truth's class count), got {self.num_classes!r}")
         if 0 <= self.ignore_index < self.num_classes:
             raise ValueError(f"ignore_index {self.ignore_index} is one of the classes 0..{self.num_classes - 1}; pick another")
@@ -189,16 +193,11 @@ def read_ground_truth(url: str, storage_options: dict) -> dict[str, bytes]:
 
 
 def ground_truth_shards(url: str, storage_options: dict) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    if fs.isdir(path):
-        found = sorted(fs.glob(f"{path.rstrip('/')}/*.tar"))
-        if not found:
-            raise ValueError(f"ground-truth folder {url} holds no .tar shards")
-        return [fs.unstrip_protocol(p) if "://" in url else p for p in found]
+    """The shards ``url`` names: a folder's ``*.tar`` files, a glob, a brace pattern or one shard."""
     try:
-        return expand_inputs([url], storage_options)
+        return expand_shards([url], storage_options, folders=True)
     except FileNotFoundError as error:
-        raise ValueError(str(error)) from None
+        raise ValueError(f"ground truth {error}") from None
 
 
 def _decode_truth(png: bytes) -> np.ndarray:

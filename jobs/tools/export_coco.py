@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from jobs.tools.clustering import ClassTable, read_class_table
 from schemas.labels import decode_label_png
-from schemas.tools import flatten_segments, iter_batches
+from schemas.reading import flatten_segments, iter_batches
 
 ANNOTATION_FILE = "annotations.json"
 

@@ -26,8 +26,7 @@ from schemas.labels import (
     encode_label_png,
 )
 from schemas.layout import OutputLayout
-from schemas.reading import read_markers
-from schemas.tools import iter_batches, output_metadata
+from schemas.reading import iter_batches, output_metadata, read_markers
 
 COLUMNS = ["key", "width", "height", "labels", "lowres_labels", "num_segments", "segments"]
 SEGMENT_FIELDS_WITHOUT_EMBEDDING = ["segments.id", "segments.area", "segments.bbox", "segments.score"]

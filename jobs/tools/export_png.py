@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from jobs.tools.clustering import ClassTable, read_class_table, relabel
 from schemas.labels import decode_label_png, encode_label_png
-from schemas.tools import iter_batches
+from schemas.reading import iter_batches
 
 ANNOTATION_DIR = "ann_dir"
 

@@ -21,12 +21,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from jobs.visualize import colorize, overlay
-from pipeline.config import LabelJobConfig
+from pipeline.config import LabelJobConfig, option, output_option, positive_int_problem
 from pipeline.decode import SampleError, decode_image, find_image
 from pipeline.sources import ShardReadError, ShardStream
 from schemas.labels import STATUS_OK, decode_label_png, error_reason
-from schemas.reading import read_job
-from schemas.tools import iter_batches, output_metadata, read_rows
+from schemas.reading import iter_batches, output_metadata, read_job, read_rows
 
 ROW_COLUMNS = ["key", "shard", "width", "height", "labels", "lowres_labels", "num_segments",
                "segments.id", "segments.area", "segments.score"]
@@ -34,21 +33,21 @@ ROW_COLUMNS = ["key", "shard", "width", "height", "labels", "lowres_labels", "nu
 
 @dataclasses.dataclass(frozen=True)
 class PreviewConfig:
-    output: str
-    destination: str  # the HTML file to write (local path or fsspec URL)
-    num_samples: int = 48
-    seed: int = 0  # same seed, same output => same sample
-    max_errors: int = 200  # error rows listed with their message; all are counted
-    thumbnail: int = 256  # longest side of each picture, in pixels: keeps the file small
-    # Read the photos from the input shards named in each row. Off: label maps only (no shard reads).
-    with_images: bool = True
+    output: str = output_option()
+    destination: str = option("gallery.html", "HTML file to write (local path or fsspec URL).", name="--out", metavar="FILE")
+    num_samples: int = option(48, "Ok rows to show.", name="--n")
+    seed: int = option(0, "Seed of the row sample: same seed, same output, same sample.")
+    # All error rows are counted; this many are listed.
+    max_errors: int = option(200, "Error rows listed with their message.")
+    # Keeps the file small.
+    thumbnail: int = option(256, "Longest side of each picture in pixels.")
+    with_images: bool = option(True, "Do not read the input shards; show the label maps without photos.", name="--no-images")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "thumbnail"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if problem := positive_int_problem(name, getattr(self, name)):
+                raise ValueError(problem)
         if self.max_errors < 0:
             raise ValueError(f"max_errors must be >= 0, got {self.max_errors}")
 

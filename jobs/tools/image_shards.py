@@ -26,10 +26,12 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from jobs.tools.cocostuff import GT_MAPPINGS
+from pipeline.config import option, positive_int_problem
+from schemas.shards import shard_file_glob, shard_file_name
+from schemas.urls import glob_root, has_scheme, is_glob, read_list_file
 
 # What `emerdiff label` reads by default (LabelJobConfig.image_extensions).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-_GLOB_CHARACTERS = re.compile(r"[*?\[]")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Fixed tar metadata: with it, the same samples always give the same bytes.
 _TAR_OPTIONS = dict(mtime=0, user="emerdiff", group="emerdiff", mode=0o444, format="PAX_FORMAT", encoder=False)
@@ -37,24 +39,24 @@ _TAR_OPTIONS = dict(mtime=0, user="emerdiff", group="emerdiff", mode=0o444, form
 
 @dataclasses.dataclass(frozen=True)
 class ShardsConfig:
-    # A folder (searched recursively), a glob such as 'photos/**/*.jpg', or a text file listing one
-    # image path per line (relative to the list's folder, or absolute on the same store).
-    source: str
-    output: str
-    # Samples per shard: a shard is the labelling job's unit of work, retry and output file.
-    maxcount: int = 1000
-    # Folder of ground-truth PNGs named like the images (same relative path, .png).
-    ground_truth: str | None = None
-    # Name of a built-in fine-to-coarse table applied to the ground truth (see cocostuff.GT_MAPPINGS).
-    gt_mapping: str | None = None
-    prefix: str = "shard"
-    # Replace shards left in the output folder by an earlier run with the same prefix.
-    overwrite: bool = False
+    # A list file's entries are relative to the list's folder, or absolute on the same store.
+    source: str = option(
+        help="Folder (searched recursively), glob ('photos/**/*.jpg') or list file of images (local path or fsspec URL).",
+        name="source", metavar="SRC")
+    output: str = option(help="Folder the shards are written to.", metavar="DIR")
+    # A shard is the labelling job's unit of work, retry and output file.
+    maxcount: int = option(1000, "Samples per shard.")
+    ground_truth: str | None = option(None, "Folder of ground-truth label PNGs named like the images.", name="--gt", metavar="DIR")
+    gt_mapping: str | None = option(
+        None, "Map the ground truth's fine ids to coarse classes, e.g. COCO-Stuff's 182 labels to its 27 classes.",
+        choices=sorted(GT_MAPPINGS))
+    prefix: str = option("shard", "Shard names are PREFIX-000000.tar, ...")
+    overwrite: bool = option(False, "Replace shards with the same prefix already in --output.")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.maxcount, bool) or not isinstance(self.maxcount, int) or self.maxcount < 1:
-            raise ValueError(f"maxcount must be a positive integer, got {self.maxcount!r}")
+        if problem := positive_int_problem("maxcount", self.maxcount):
+            raise ValueError(problem)
         if self.gt_mapping is not None and self.gt_mapping not in GT_MAPPINGS:
             raise ValueError(f"gt_mapping must be one of {sorted(GT_MAPPINGS)}, got {self.gt_mapping!r}")
         if self.gt_mapping is not None and self.ground_truth is None:
@@ -98,8 +100,8 @@ def make_shards(config: ShardsConfig) -> ShardsSummary:
 
 def list_images(fs: fsspec.AbstractFileSystem, source: str) -> list[SourceImage]:
     """The images a source names: a folder, a glob or a list file (in the list's order, else sorted)."""
-    if _GLOB_CHARACTERS.search(source):
-        root = _glob_root(source)
+    if is_glob(source):
+        root = glob_root(source)
         paths = sorted(p for p in fs.glob(source) if _is_image(p))
         return [SourceImage(p, _relative(p, root)) for p in paths]
     if fs.isdir(source):
@@ -112,11 +114,9 @@ def list_images(fs: fsspec.AbstractFileSystem, source: str) -> list[SourceImage]
 
 def _images_from_list(fs: fsspec.AbstractFileSystem, list_path: str) -> list[SourceImage]:
     folder = posixpath.dirname(list_path)
-    lines = [line.strip() for line in fs.cat_file(list_path).decode().splitlines()]
-    entries = [line for line in lines if line and not line.startswith("#")]
+    entries = read_list_file(fs.unstrip_protocol(list_path), fs.storage_options, what="image list", flag="SRC",
+                             entries="image paths")
     paths = [_resolve_entry(fs, folder, entry) for entry in entries]
-    if not paths:
-        return []
     repeated = [path for path, count in Counter(paths).items() if count > 1]
     if repeated:
         raise ValueError(f"list file {list_path} names {len(repeated)} image(s) twice, e.g. {repeated[0]}")
@@ -128,18 +128,12 @@ def _images_from_list(fs: fsspec.AbstractFileSystem, list_path: str) -> list[Sou
 
 
 def _resolve_entry(fs: fsspec.AbstractFileSystem, folder: str, entry: str) -> str:
-    if "://" in entry:
+    if has_scheme(entry):
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
         if entry.split("://", 1)[0] not in protocols:
             raise ValueError(f"list entry {entry!r} is on another store than the list file ({protocols[0]}://)")
         return fs._strip_protocol(entry)
     return posixpath.normpath(entry if entry.startswith("/") else posixpath.join(folder, entry))
-
-
-def _glob_root(pattern: str) -> str:
-    """The folders before the first wildcard: 'a/b/**/*.jpg' -> 'a/b'."""
-    folders = pattern.split("/")[:-1]
-    return "/".join(itertools.takewhile(lambda part: not _GLOB_CHARACTERS.search(part), folders))
 
 
 def _is_image(path: str) -> bool:
@@ -259,10 +253,10 @@ def _extension(path: str) -> str:
 
 
 def _clear_output(fs: fsspec.AbstractFileSystem, output: str, config: ShardsConfig) -> None:
-    existing = fs.glob(f"{output}/{config.prefix}-*.tar")
+    existing = fs.glob(f"{output}/{shard_file_glob(config.prefix)}")
     if existing and not config.overwrite:
         raise ValueError(
-            f"{config.output} already holds {len(existing)} shard(s) named {config.prefix}-*.tar; "
+            f"{config.output} already holds {len(existing)} shard(s) named {shard_file_glob(config.prefix)}; "
             "choose an empty folder or pass --overwrite to replace them"
         )
     if existing:
@@ -274,7 +268,7 @@ def _write_shards(fs, output: str, config: ShardsConfig, samples: Iterator[dict]
     written = []
     with tqdm(total=total, unit="img", desc="make-shards", disable=None) as bar:
         for index in range(math.ceil(total / config.maxcount)):
-            path = f"{output}/{config.prefix}-{index:06d}.tar"
+            path = f"{output}/{shard_file_name(config.prefix, index)}"
             # A store uploads the object on close, so readers never see half a shard there.
             with fs.open(path, "wb") as handle, TarWriter(handle, **_TAR_OPTIONS) as writer:
                 for sample in itertools.islice(samples, config.maxcount):

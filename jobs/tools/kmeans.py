@@ -16,27 +16,27 @@ import torch
 
 # The same seeding the method uses for its per-image masks (spec step 4).
 from emerdiff.kmeans import kmeans_plus_plus
+from pipeline.config import option, positive_int_problem
 
 
 @dataclasses.dataclass(frozen=True)
 class KMeansConfig:
-    num_clusters: int
+    num_clusters: int = option(help="Number of dataset-wide classes.", name="--classes", metavar="C")
     # Same seed, same stream => same centres.
-    seed: int = 0
-    # Points per update: large enough that a batch sees every cluster, small enough for any device.
-    batch_size: int = 4096
-    # Passes over the stream; the centres settle within a few on segment embeddings.
-    epochs: int = 10
-    # Cluster directions (cosine similarity) rather than raw vectors: the scale of a mean query
-    # feature varies with the segment's size and content more than its meaning does.
-    normalize: bool = True
-    device: str = "cpu"
+    seed: int = option(0, "k-means seed.")
+    # Large enough that a batch sees every cluster, small enough for any device.
+    batch_size: int = option(4096, "Embeddings per k-means update.")
+    # The centres settle within a few passes on segment embeddings.
+    epochs: int = option(10, "Passes over all embeddings.")
+    # Cluster directions (cosine similarity): the scale of a mean query feature varies with the
+    # segment's size and content more than its meaning does.
+    normalize: bool = option(True, "Cluster raw embeddings instead of unit-length ones (cosine).", name="--no-normalize")
+    device: str = option("cpu", "torch device.")
 
     def __post_init__(self) -> None:
         for name in ("num_clusters", "batch_size", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if problem := positive_int_problem(name, getattr(self, name)):
+                raise ValueError(problem)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -85,7 +85,7 @@ class MiniBatchKMeans:
                 "label more images or ask for fewer classes"
             )
         generator = torch.Generator("cpu").manual_seed(self.config.seed)
-        self.centres = kmeans_plus_plus(points, self.config.num_clusters, generator)
+        self.centres = kmeans_plus_plus(points, self.config.num_clusters, 1, generator)[0]  # one restart
         self._counts = torch.zeros(self.config.num_clusters, device=points.device)
 
     def _update(self, points: torch.Tensor) -> None:

@@ -12,15 +12,20 @@ import dataclasses
 import json
 import statistics
 
-from pipeline.sources import expand_inputs
+from pipeline.config import output_option
 from schemas.labels import STATUS_OK, error_reason
-from schemas.layout import OutputLayout, shard_name
+from schemas.layout import OutputLayout
+from schemas.shards import expand_shards, shard_name
 from schemas.markers import STATUS_FAILED, ShardMarker, ShardStats
-from schemas.reading import read_job, read_manifest, read_markers
-from schemas.tools import iter_batches
+from schemas.reading import iter_batches, read_job, read_manifest, read_markers
 
 MAX_SHARD_LINES = 20  # more shards than this: only the slowest are listed one per line
 _JOB_FACTS = ("model", "weights_sha256", "config", "config_hash", "schema_version", "code_version", "started_at")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    output: str = output_option()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +95,7 @@ def _failed_shards(layout: OutputLayout, output: str, storage_options, done: set
 
 def _pending_shards(job: dict, storage_options, accounted: set[str]) -> tuple[list[str] | None, str | None]:
     try:
-        inputs = expand_inputs(job.get("job", {}).get("inputs") or [], storage_options)
+        inputs = expand_shards(job.get("job", {}).get("inputs") or [], storage_options)
     except (OSError, ValueError) as error:  # redacted signed URLs, a store gone away, ...
         return None, f"cannot list the job's inputs again: {error}"
     return sorted({shard_name(url) for url in inputs} - accounted), None

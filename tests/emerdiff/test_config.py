@@ -5,11 +5,13 @@ import pytest
 from emerdiff import EmerDiffConfig
 
 
-def test_defaults_follow_the_spec():
+def test_defaults_are_the_authors_settings():
     config = EmerDiffConfig()
-    assert (config.num_masks, config.resolution, config.feature_timestep, config.modulation_timestep) == (30, 512, 1, 281)
-    assert (config.modulation_strength, config.num_inference_steps, config.blur_kernel_size, config.blur_sigma) == (10.0, 50, 5, 3.0)
-    assert config.feature_layer == config.modulation_layer == "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    assert (config.num_masks, config.resolution, config.feature_timestep, config.modulation_timestep) == (25, 512, 0, 281)
+    assert (config.feature_samples, config.kmeans_restarts, config.sampler) == (100, 100, "ddpm_inversion")
+    assert (config.modulation_strength, config.num_inference_steps, config.blur_kernel_size, config.blur_sigma) == (10.0, 50, 3, 0.8)
+    assert config.feature_layer == "up_blocks.1.attentions.0.transformer_blocks.0.attn2"
+    assert config.modulation_layer == "up_blocks.1.attentions.2.transformer_blocks.0.attn2"
     assert config.attention_injection is True
 
 
@@ -28,6 +30,8 @@ def test_hash_is_stable_changes_with_results_and_ignores_execution_fields():
     assert len(base.config_hash) == 16
     assert base.replace(seed=1).config_hash != base.config_hash
     assert base.replace(modulation_strength=5.0).config_hash != base.config_hash
+    for field, value in (("feature_samples", 10), ("kmeans_restarts", 10)):
+        assert base.replace(**{field: value}).config_hash != base.config_hash
     assert base.replace(chunk_size=4).config_hash == base.config_hash
 
 
@@ -35,6 +39,9 @@ def test_hash_is_stable_changes_with_results_and_ignores_execution_fields():
     "changes, fragment",
     [
         ({"num_masks": 0}, "num_masks must be a positive integer"),
+        ({"feature_samples": 0}, "feature_samples must be a positive integer"),
+        ({"kmeans_restarts": 1.5}, "kmeans_restarts must be a positive integer"),
+        ({"sampler": "ddim"}, r"sampler must be one of \['ddpm_inversion'\], got 'ddim'"),
         ({"resolution": 500}, "multiple of 64"),
         ({"modulation_timestep": 1000}, "modulation_timestep must be an integer timestep in 0..999"),
         ({"blur_kernel_size": 4}, "blur_kernel_size must be odd"),

@@ -74,10 +74,10 @@ def test_non_images_are_refused_clearly():
         to_rgb(Image.new("F", (2, 2)))
 
 
-def test_model_input_is_bicubic_resized_and_normalised():
+def test_model_input_is_lanczos_resized_and_normalised():
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (10, 30, 3), dtype=np.uint8))
     tensor = to_model_input(picture, 64)
-    expected = np.asarray(picture.resize((64, 64), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+    expected = np.asarray(picture.resize((64, 64), Image.Resampling.LANCZOS), dtype=np.float32) / 127.5 - 1
     assert tensor.shape == (1, 3, 64, 64)
     assert np.allclose(tensor[0].permute(1, 2, 0).numpy(), expected)
     assert tensor.min() >= -1 and tensor.max() <= 1

@@ -72,7 +72,7 @@ def write_output(url: str, shards: dict[str, list], storage_options: dict | None
 
 
 def _job_record(url: str, inputs: list[str]) -> dict:
-    # The shape pipeline.job writes to _job.json.
+    # The shape pipeline.driver writes to _job.json.
     job = LabelJobConfig(inputs=tuple(inputs), output=url, model="tiny")
     return {
         "kind": "emerdiff.label", "schema_version": SCHEMA_VERSION, "model": "tiny", "weights_sha256": "0" * 64,

@@ -17,8 +17,9 @@ import pytest
 
 from pipeline import distributors
 from pipeline.config import LabelJobConfig
-from pipeline.distributors import JobError, ShardDone, ShardFailed, ShardQueue, ShardRetry, WorkerReady
-from pipeline.shard import Progress, ShardTask
+from pipeline.distributors import JobError, ShardQueue
+from pipeline.tasks import ShardDone, ShardFailed, ShardRetry, WorkerReady
+from pipeline.tasks import Progress, ShardTask
 from schemas.markers import ShardMarker, ShardStats
 
 GPU_ACTOR = {"num_gpus": 1, "num_cpus": 1, "max_restarts": 0}

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from crashing import CRASH_EXIT_CODE
 from label_helpers import write_shards
 
 from emerdiff.config import EmerDiffConfig
@@ -16,7 +17,7 @@ from jobs import label
 from jobs.cli import run_module
 from pipeline.config import LabelJobConfig
 from pipeline.progress import ImageProgress
-from pipeline.shard import INJECTED_EXIT_CODE, Progress
+from pipeline.tasks import Progress
 from schemas.reading import iter_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,17 +36,15 @@ def test_help_documents_every_option():
         assert action.help, f"{action.option_strings} has no help"
 
 
-def test_flags_build_the_job_config(monkeypatch):
+def test_flags_build_the_job_config():
     parser = argparse.ArgumentParser()
     label.add_arguments(parser)
     args = parser.parse_args(["--input", "a.tar", "b/*.tar", "--output", "s3://o", "--num-masks", "5",
                               "--num-actors", "3", "--image-extensions", ".png,jpg", "--overwrite",
                               "--storage-options", '{"anon": true}'])
-    monkeypatch.setenv(label.FAILURE_INJECTION_ENV, '{"shard": "x", "mode": "exit"}')
     job = label.job_from_args(args)
     assert job.inputs == ("a.tar", "b/*.tar") and job.method.num_masks == 5 and job.num_actors == 3
     assert job.image_extensions == ("png", "jpg") and job.overwrite and job.storage_options == {"anon": True}
-    assert job.failure_injection.mode == "exit"
 
 
 def test_bad_options_exit_2_with_the_reason(tmp_path, caplog):
@@ -69,8 +68,10 @@ def test_progress_counts_images_across_shards_and_estimates_the_total():
     progress.close()
 
 
-def _cli(*argv, env=None):
-    return subprocess.run([sys.executable, "-m", "jobs.label", *argv], cwd=REPO, env=env,
+def _cli(*argv, module="jobs.label"):
+    # PYTHONPATH: the crashing wrapper lives in tests/, outside the packages.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
 
 
@@ -82,8 +83,8 @@ def test_killing_the_job_halfway_then_rerunning_gives_each_key_once(tmp_path, ti
 
     # The whole job process dies (as under kill -9) in the middle of shard 1, after one row.
     crash = json.dumps({"shard": "shard-000001", "after_rows": 1, "mode": "exit"})
-    killed = _cli(*argv, env={**os.environ, label.FAILURE_INJECTION_ENV: crash})
-    assert killed.returncode == INJECTED_EXIT_CODE, killed.stderr[-2000:]
+    killed = _cli(crash, *argv, module="crashing")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     assert sorted(p.name for p in (output / "_markers").iterdir()) == ["shard-000000.json"]
     assert not (output / "_SUCCESS").exists()
 

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from label_helpers import tar_bytes, write_shards
-from pipeline.config import FailureInjection, LabelJobConfig
+from pipeline.config import LabelJobConfig
 from pipeline.decode import MISSING_IMAGE, TOO_LARGE, UNDECODABLE, UNSUPPORTED, SampleError, decode_image, decode_samples
-from pipeline.sources import ShardReadError, ShardStream, expand_inputs, shard_info
+from pipeline.sources import ShardReadError, ShardStream, shard_info
+from schemas.shards import expand_shards
 from pipeline.stages import BatchSegmenter, prefetch
 
 
@@ -24,12 +25,12 @@ def memory_dir():
 
 def test_expand_inputs_braces_globs_and_order(memory_dir, make_samples):
     write_shards(memory_dir, {f"shard-{i:06d}.tar": make_samples(i, 1) for i in range(3)})
-    braces = expand_inputs([f"{memory_dir}/shard-{{000002..000000}}.tar"])
+    braces = expand_shards([f"{memory_dir}/shard-{{000002..000000}}.tar"])
     assert [u.rsplit("/", 1)[-1] for u in braces] == ["shard-000002.tar", "shard-000001.tar", "shard-000000.tar"]
-    globbed = expand_inputs([f"{memory_dir}/shard-*.tar", f"{memory_dir}/shard-000000.tar"])
+    globbed = expand_shards([f"{memory_dir}/shard-*.tar", f"{memory_dir}/shard-000000.tar"])
     assert globbed == [f"{memory_dir}/shard-{i:06d}.tar" for i in range(3)]  # sorted, duplicates dropped
     with pytest.raises(FileNotFoundError, match="matches no file"):
-        expand_inputs([f"{memory_dir}/nothing-*.tar"])
+        expand_shards([f"{memory_dir}/nothing-*.tar"])
 
 
 def test_shard_stream_reads_object_store_urls_through_fsspec(memory_dir, make_samples):
@@ -68,10 +69,10 @@ def test_job_config_validates_round_trips_and_hides_secrets():
     with pytest.raises(ValueError, match="accelerator"):
         LabelJobConfig(inputs=("a.tar",), output="o", accelerator="tpu")
     job = LabelJobConfig(inputs=("https://h/a.tar?sig=s3cr3t",), output="s3://u:p@b/o", max_attempts=5,
-                         storage_options={"secret": "s3cr3t"}, failure_injection=FailureInjection("a"))
+                         storage_options={"secret": "s3cr3t"})
     assert LabelJobConfig.from_dict(job.to_dict()) == job
     public = str(job.public_dict())
-    assert "s3cr3t" not in public and "u:p" not in public and "failure_injection" not in public
+    assert "s3cr3t" not in public and "u:p" not in public and "storage_options" not in public
 
 
 def _png(mode: str, size=(8, 6), **info) -> bytes:

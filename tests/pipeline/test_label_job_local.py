@@ -9,12 +9,13 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
+from crashing import Crash
 from label_helpers import tar_bytes, write_shards
 
-from pipeline.config import FailureInjection
-from pipeline.job import JobRefused, plan_job, run_job
+from pipeline.driver import JobRefused, plan_job, run_job
 from pipeline.models import load_segmenter
-from pipeline.shard import ShardLabeler, ShardTask
+from pipeline.labeler import ShardLabeler
+from pipeline.tasks import ShardTask
 from schemas.labels import decode_label_png
 from schemas.layout import OutputLayout
 from schemas.reading import iter_rows, read_job, read_manifest, read_markers
@@ -76,12 +77,13 @@ def test_run_resume_and_rerun_after_success(tmp_path, make_job, make_samples, fa
     assert read_job(str(output))["weights_sha256"] == fast_segmenter.model_info["weights_sha256"]
 
 
-def test_crash_in_a_shard_then_rerun_gives_every_key_once(tmp_path, make_job, make_samples, fast_segmenter):
+def test_crash_in_a_shard_then_rerun_gives_every_key_once(tmp_path, make_job, make_samples, fast_segmenter, monkeypatch):
     urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 2) for i in range(2)})
     output = tmp_path / "out"
-    crashing = make_job(urls, output, executor="local", rows_per_row_group=1, batch_size=1,
-                        failure_injection=FailureInjection("shard-000001", after_rows=1, mode="raise", attempts=99))
-    summary = run_job(crashing, segmenter=fast_segmenter)
+    job = make_job(urls, output, executor="local", rows_per_row_group=1, batch_size=1)
+    with monkeypatch.context() as patched:
+        Crash("shard-000001", after_rows=1, mode="raise", attempts=99).patch(patched)
+        summary = run_job(job, segmenter=fast_segmenter)
     assert summary.exit_code == 1 and list(summary.failed) == ["shard-000001"]
     assert "injected failure" in summary.failed["shard-000001"].error
     # The failed shard left nothing: no marker, no (partial) data file, no _SUCCESS.
@@ -89,7 +91,7 @@ def test_crash_in_a_shard_then_rerun_gives_every_key_once(tmp_path, make_job, ma
     manifest = {row["shard"]: row for row in read_manifest(str(output)).to_pylist()}
     assert manifest["shard-000001"]["status"] == "failed" and manifest["shard-000001"]["attempts"] == 2
 
-    summary = run_job(crashing.replace(failure_injection=None), segmenter=fast_segmenter)
+    summary = run_job(job, segmenter=fast_segmenter)
     assert (summary.exit_code, summary.labelled) == (0, 1)
     assert _keys(output) == Counter({f"s{i:02d}-{j:03d}": 1 for i in range(2) for j in range(2)})
     assert (output / "_SUCCESS").exists()
@@ -128,6 +130,25 @@ def test_changed_config_or_model_is_refused_unless_overwrite(tmp_path, make_job,
     assert summary.exit_code == 0 and summary.labelled == 1
     assert read_job(str(output))["config"]["num_masks"] == 2
     assert read_markers(str(output))[0].config_hash == changed.method.config_hash
+
+
+def test_an_output_made_under_old_defaults_is_refused_naming_each_change(tmp_path, make_job):
+    # _job.json as an older version wrote it: another default, and a field it did not have yet.
+    job = make_job(["x/shard-000000.tar"], tmp_path / "out")
+    old_config = {**job.method.to_dict(), "num_masks": 40}
+    del old_config["feature_samples"]
+    layout = OutputLayout(str(tmp_path / "out"))
+    layout.fs.makedirs(layout.markers_dir)
+    layout.fs.pipe_file(layout.job_path, json.dumps({"config": old_config, "config_hash": "old", "model": job.model}).encode())
+    layout.fs.pipe_file(layout.marker_path("shard-000000"), b"{}")  # something is labelled: the output is locked
+    with pytest.raises(JobRefused) as refused:
+        plan_job(job)
+    message = str(refused.value)
+    new = job.method
+    assert f"num_masks: 40 -> {new.num_masks}" in message
+    assert f"feature_samples: (absent) -> {new.feature_samples}" in message
+    assert "seed" not in message  # unchanged fields are not listed
+    assert "pass --overwrite to delete it and start over" in message
 
 
 def test_an_output_with_nothing_labelled_yet_is_not_locked(tmp_path, make_job, fast_segmenter):

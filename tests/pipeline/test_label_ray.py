@@ -4,16 +4,18 @@ One S3 run (moto) and one local-disk run with an actor killed mid-shard; both re
 tools downstream users have: pyarrow, DuckDB, Hugging Face datasets.
 """
 
+import argparse
 import json
 from collections import Counter
 
 import fsspec
 import pyarrow.dataset as pads
 import pytest
+from crashing import Crash
 from label_helpers import write_shards
 
 from jobs.cli import run_module
-from jobs.label import FAILURE_INJECTION_ENV
+from jobs import label
 from schemas.labels import decode_label_png
 from schemas.reading import iter_rows, read_job, read_manifest, read_markers
 
@@ -71,7 +73,9 @@ def test_s3_shards_to_s3_labels_with_a_model_from_s3(ray_session, s3_bucket, s3_
     assert "2 already done, 0 labelled" in capsys.readouterr().out
 
 
-def test_local_paths_survive_an_actor_dying_mid_shard(ray_session, tmp_path, tiny_model, make_samples, monkeypatch, capsys):
+def test_local_paths_survive_an_actor_dying_mid_shard(ray_session, tmp_path, tiny_model, make_samples, capsys):
+    from pipeline.driver import run_job
+
     write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 2) for i in range(2)})
     output = tmp_path / "out"
     argv = ["--input", str(tmp_path / "in" / "shard-{000000..000001}.tar"), "--output", str(output),
@@ -81,11 +85,14 @@ def test_local_paths_survive_an_actor_dying_mid_shard(ray_session, tmp_path, tin
     listing = capsys.readouterr().out
     assert "2 input shard(s), 0 done, 2 pending" in listing and not output.exists()
 
-    # The actor process exits (as on OOM or preemption) after writing the first row of shard 1.
-    crash = {"shard": "shard-000001", "after_rows": 1, "mode": "exit", "attempts": 1}
-    monkeypatch.setenv(FAILURE_INJECTION_ENV, json.dumps(crash))
-    assert run_module("jobs.label", argv) == 0
-    assert "2 labelled, 0 failed" in capsys.readouterr().out
+    # The actor process exits (as on OOM or preemption) in shard 1 after writing its rows, before the commit.
+    parser = argparse.ArgumentParser()
+    label.add_arguments(parser)
+    job = label.job_from_args(parser.parse_args(argv))
+    crash = Crash("shard-000001", after_rows=1, mode="exit", attempts=1)
+    summary = run_job(job, distribute=crash.on_ray(job.with_absolute_paths()))
+    assert summary.exit_code == 0
+    assert "2 labelled, 0 failed" in summary.format()
     markers = {m.shard: m for m in read_markers(str(output))}
     assert (markers["shard-000000"].attempt, markers["shard-000001"].attempt) == (1, 2)
     assert markers["shard-000000"].worker != markers["shard-000001"].worker  # a replacement actor
@@ -93,7 +100,6 @@ def test_local_paths_survive_an_actor_dying_mid_shard(ray_session, tmp_path, tin
     assert keys == Counter({f"s{i:02d}-{j:03d}": 1 for i in range(2) for j in range(2)})
     assert read_manifest(str(output)).column("attempts").to_pylist() == [1, 2]
 
-    monkeypatch.delenv(FAILURE_INJECTION_ENV)
     assert run_module("jobs.label", [*argv, "--dry-run"]) == 0
     assert "2 done, 0 pending" in capsys.readouterr().out
 
@@ -120,7 +126,7 @@ def _read_back_with_duckdb_and_datasets(data_dir):
 
 def test_a_model_that_cannot_load_stops_the_job_with_the_reason(ray_session, tmp_path, make_job, make_samples):
     from pipeline.distributors import JobError
-    from pipeline.job import run_job
+    from pipeline.driver import run_job
 
     urls = write_shards(str(tmp_path / "in"), {"shard-000000.tar": make_samples(0, 1)})
     job = make_job(urls, tmp_path / "out", model=str(tmp_path / "no-such-model"))

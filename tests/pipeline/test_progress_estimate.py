@@ -3,7 +3,7 @@
 import random
 
 from pipeline.progress import ImageProgress
-from pipeline.shard import Progress
+from pipeline.tasks import Progress
 
 
 def recomputed_total(shards: int, latest: dict[str, Progress], finished: set[str], done: int) -> int | None:

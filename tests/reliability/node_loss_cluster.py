@@ -22,10 +22,10 @@ import psutil
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
-import pipeline.job
+import pipeline.driver
 from pipeline.config import LabelJobConfig
-from pipeline.distributors import ShardDone, ShardQueue
-from pipeline.shard import Progress
+from pipeline.distributors import ShardQueue
+from pipeline.tasks import Progress, ShardDone
 
 
 def start_cluster() -> tuple[Cluster, list]:
@@ -65,7 +65,7 @@ class LosingANode:
 
     def __init__(self, cluster: Cluster, workers: list, report: dict):
         self.cluster, self.workers, self.report = cluster, workers, report
-        self.run_on_ray = pipeline.job.run_on_ray
+        self.run_on_ray = pipeline.driver.run_on_ray
         self.committed: list[str] = []
         self.last_committer: int | None = None  # pid of the actor that committed last
         self.held_by_others: set[str] = set()  # the shards the other actors held at that moment
@@ -98,8 +98,8 @@ def main(job_path: str, report_path: str) -> int:
     cluster, workers = start_cluster()
     report: dict = {"cluster_up_s": round(time.monotonic() - started, 1)}
     try:
-        pipeline.job.run_on_ray = LosingANode(cluster, workers, report)
-        summary = pipeline.job.run_job(job.replace(address=cluster.address, accelerator="gpu", num_actors=len(workers)))
+        pipeline.driver.run_on_ray = LosingANode(cluster, workers, report)
+        summary = pipeline.driver.run_job(job.replace(address=cluster.address, accelerator="gpu", num_actors=len(workers)))
         report.update(exit_code=summary.exit_code, labelled=summary.labelled, failed=sorted(summary.failed),
                       job_s=round(summary.wall_seconds, 1))
     finally:

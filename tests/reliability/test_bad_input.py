@@ -13,7 +13,7 @@ from label_helpers import write_shards
 from PIL import Image, ImageFile
 
 from pipeline.config import LabelJobConfig
-from pipeline.job import run_job
+from pipeline.driver import run_job
 from schemas.labels import decode_label_png
 from schemas.reading import iter_rows, read_manifest
 

@@ -12,7 +12,7 @@ import pytest
 from label_helpers import write_shards
 
 from jobs import label
-from pipeline.job import plan_job, run_job
+from pipeline.driver import plan_job, run_job
 from schemas.reading import iter_rows
 
 REPO = Path(__file__).resolve().parents[2]

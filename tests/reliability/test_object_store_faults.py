@@ -12,7 +12,7 @@ import pytest
 from local_http import serving
 from label_helpers import write_shards
 
-from pipeline.job import run_job
+from pipeline.driver import run_job
 from schemas.reading import iter_rows, read_manifest
 
 SLOW_DOWN = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"

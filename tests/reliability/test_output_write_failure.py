@@ -9,7 +9,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from label_helpers import write_shards
 
-from pipeline.job import run_job
+from pipeline.driver import run_job
 from schemas.reading import iter_rows, read_manifest
 
 

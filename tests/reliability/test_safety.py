@@ -12,7 +12,8 @@ from local_http import serving
 from label_helpers import tar_bytes, write_shards
 
 from jobs.cli import run_module
-from schemas.layout import OutputLayout, shard_name
+from schemas.layout import OutputLayout
+from schemas.shards import shard_name
 from schemas.reading import iter_rows, read_manifest
 
 FAST = ["--executor", "local", "--resolution", "128", "--num-masks", "3", "--modulation-timestep", "61", "--batch-size", "2"]

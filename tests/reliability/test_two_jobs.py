@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from label_helpers import write_shards
 
-from pipeline.job import run_job
+from pipeline.driver import run_job
 from pipeline.lease import LeaseHeld, LeaseLost, LeaseRecord, OutputLease, read_lease
-from pipeline.shard import ShardLabeler, ShardTask
+from pipeline.labeler import ShardLabeler
+from pipeline.tasks import ShardTask
 from pipeline.storage import create_exclusive
 from pipeline.writer import ParquetShardWriter
 from schemas.labels import labels_schema

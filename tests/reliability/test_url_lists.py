@@ -18,7 +18,7 @@ from label_helpers import write_shards
 
 from jobs import label
 from jobs.cli import run_module
-from pipeline.sources import read_url_list
+from schemas.urls import read_list_file
 from schemas.reading import iter_rows, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,13 +68,13 @@ def _pending(stdout: str) -> list[str]:
 @pytest.mark.timeout(30)
 def test_a_messy_list_gives_its_urls_in_order(local_shards):
     folder, urls = local_shards
-    assert read_url_list(urls) == _entries(folder)
+    assert read_list_file(urls) == _entries(folder)
 
 
 @pytest.mark.timeout(30)
 def test_a_hash_inside_a_url_is_kept_and_only_one_after_a_space_starts_a_comment(tmp_path):
     (tmp_path / "urls.txt").write_text("https://host/a.tar#part\nhttps://host/b.tar\t# note\n/data/c#1.tar # x # y\n")
-    assert read_url_list(str(tmp_path / "urls.txt")) == ["https://host/a.tar#part", "https://host/b.tar", "/data/c#1.tar"]
+    assert read_list_file(str(tmp_path / "urls.txt")) == ["https://host/a.tar#part", "https://host/b.tar", "/data/c#1.tar"]
 
 
 @pytest.mark.timeout(30)

@@ -1,40 +1,38 @@
-"""The labelling job's driver: plan the shards, check the output, hand shards out, commit the run.
+"""The labelling job's driver: plan the shards, check the output, hand shards out, finish the run.
 
     inputs -> shard URLs -> pending (no marker yet) -> distributor (Ray actors or local loop)
            -> markers -> _manifest.parquet -> _SUCCESS (only when every input shard is done)
 
 Resume is the same command again: shards with a marker are skipped. An output made with another
-model or method config is refused unless ``overwrite`` (which deletes it first).
+model or method config is refused unless ``overwrite`` (which deletes it first). What is written
+when, and how a shard becomes done, is ``pipeline.commit``. The driver's cost follows the work of
+this run: it lists the markers once, and the manifest is built from this run's commits and the
+previous manifest. It never imports torch: the model lives in the labellers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
-import io
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-import pyarrow.parquet as pq
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import emerdiff
+from pipeline import commit
 from pipeline.config import LabelJobConfig
-from pipeline.distributors import (
-    Event, ProgressCallback, ShardDone, ShardFailed, ShardQueue, ShardRetry, WorkerReady, run_locally, run_on_ray,
-)
+from pipeline.distributors import JobError, ProgressCallback, ShardQueue, run_locally, run_on_ray
 from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
-from pipeline.shard import Progress, ShardLabeler, ShardTask
-from pipeline.storage import is_local, replace_file
-from pipeline.sources import expand_inputs
+from pipeline.tasks import Event, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
 from schemas.labels import SCHEMA_VERSION
-from schemas.layout import OutputLayout, redact_url, shard_name
-from schemas.markers import ShardStats, manifest_row_done, manifest_row_failed, manifest_table
-from schemas.reading import load_markers
+from schemas.layout import OutputLayout
+from schemas.markers import ShardMarker, ShardStats, manifest_row_failed
+from schemas.reading import load_job
+from schemas.shards import expand_shards, shard_name
+from schemas.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +53,7 @@ class ShardPlan:
     done: list[str]  # names with a marker: skipped
     pending: list[str]  # names to label
     previous_job: dict | None  # the output's _job.json, if any
+    markers: frozenset[str] = frozenset()  # every shard with a marker, input or not (one listing)
     overwrite: bool = False
     lease: LeaseRecord | None = None  # the job writing the output now, if any
 
@@ -74,15 +73,16 @@ def plan_job(job: LabelJobConfig, layout: OutputLayout | None = None) -> ShardPl
     """Which input shards are done and which are pending; raises JobRefused for an incompatible output."""
     job = job.with_absolute_paths()
     layout = layout or OutputLayout(job.output, job.storage_options)
-    previous = check_output(layout, job)
-    shards = _name_shards(expand_inputs(job.inputs, job.storage_options))
-    done = set() if job.overwrite else set(layout.list_markers())  # one listing, as datatrove does
+    markers = frozenset() if job.overwrite else frozenset(layout.list_markers())  # the one listing
+    previous = check_output(layout, job, markers)
+    shards = _name_shards(expand_shards(job.inputs, job.storage_options))
     return ShardPlan(
         output=redact_url(job.output),
         shards=shards,
-        done=[name for name in shards if name in done],
-        pending=[name for name in shards if name not in done],
+        done=[name for name in shards if name in markers],
+        pending=[name for name in shards if name not in markers],
         previous_job=previous,
+        markers=markers,
         overwrite=job.overwrite,
         lease=read_lease(layout),
     )
@@ -101,21 +101,17 @@ def _name_shards(urls: Iterable[str]) -> dict[str, str]:
     return shards
 
 
-def _read_json(layout: OutputLayout, path: str) -> dict | None:
-    try:
-        with layout.fs.open(path, "rb") as file:
-            return json.load(file)
-    except FileNotFoundError:
-        return None
+def check_output(layout: OutputLayout, job: LabelJobConfig, markers: Iterable[str]) -> dict | None:
+    """The output's previous _job.json (None if new); JobRefused if it was made differently.
 
-
-def check_output(layout: OutputLayout, job: LabelJobConfig) -> dict | None:
-    """The output's previous _job.json (None if new); JobRefused if it was made differently."""
-    previous = _read_json(layout, layout.job_path)
+    ``markers``: the shards with a marker, as planning listed them.
+    """
+    previous = load_job(layout)
     if job.overwrite:
         return previous
+    holds_labels = bool(markers) or bool(layout.list_data_files())
     if previous is None:
-        if layout.list_markers() or layout.list_data_files():
+        if holds_labels:
             raise JobRefused(
                 f"{redact_url(job.output)} holds labels but no _job.json, so it cannot be resumed safely. "
                 "Choose another --output, or pass --overwrite to delete them and start over."
@@ -123,23 +119,34 @@ def check_output(layout: OutputLayout, job: LabelJobConfig) -> dict | None:
         return None
     differences = []
     if previous.get("config_hash") != job.method.config_hash:
-        old, new = previous.get("config", {}), job.method.to_dict()
-        hashed = [f.name for f in dataclasses.fields(job.method) if f.metadata.get("hashed", True)]
-        changed = sorted(k for k in hashed if k in old and old[k] != new[k])
-        detail = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed) or "fields differ"
-        differences.append(f"method config (config_hash {previous.get('config_hash')} -> {job.method.config_hash}; {detail})")
+        detail = "; ".join(_config_changes(previous.get("config", {}), job.method)) or "fields differ"
+        differences.append(f"method config (config_hash {previous.get('config_hash')} -> {job.method.config_hash}: {detail})")
     if previous.get("model") != redact_url(job.model):
         differences.append(f"model ({previous.get('model')!r} -> {redact_url(job.model)!r})")
-    if differences and not (layout.list_markers() or layout.list_data_files()):
+    if differences and not holds_labels:
         logger.info("%s has no labelled shard yet; starting it again with the new settings", redact_url(job.output))
         return None
     if differences:
         raise JobRefused(
             f"{redact_url(job.output)} already holds labels made with a different " + " and ".join(differences) + ". "
             "Rerun with the same --model and method options to resume it, choose another --output, "
-            "or pass --overwrite to delete it and start over."
+            "or pass --overwrite to delete it and start over with the new settings."
         )
     return previous
+
+
+def _config_changes(old: dict, method) -> list[str]:
+    """"field: old -> new" for each result-changing field that differs; "(absent)" for a field the
+    old config did not have (made by an older version) or the new one no longer has."""
+    new = method.to_dict()
+    hashed = {f.name for f in dataclasses.fields(method) if f.metadata.get("hashed", True)}
+    names = sorted(hashed | (set(old) - set(new)))
+    return [f"{name}: {_shown(old, name)} -> {_shown(new, name)}" for name in names
+            if name not in old or name not in new or old[name] != new[name]]
+
+
+def _shown(config: dict, name: str) -> str:
+    return repr(config[name]) if name in config else "(absent)"
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -151,6 +158,7 @@ class JobSummary:
     shards: int  # input shards
     skipped: int  # done before this run
     labelled: int = 0
+    committed: dict[str, ShardMarker] = dataclasses.field(default_factory=dict)  # this run's, by shard
     failed: dict[str, ShardFailed] = dataclasses.field(default_factory=dict)
     stats: ShardStats = dataclasses.field(default_factory=ShardStats)  # this run's shards, added up
     per_worker: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
@@ -201,13 +209,13 @@ def run_job(job: LabelJobConfig, segmenter=None,
 def _run_holding_lease(job: LabelJobConfig, layout: OutputLayout, lease: OutputLease, segmenter, distribute) -> JobSummary:
     plan = plan_job(job, layout)
     if job.overwrite:
-        _clear_output(layout)
-    _remove_temp_files(layout)
+        commit.clear_output(layout)
+    commit.remove_temp_files(layout)
     record = _job_record(job, plan.previous_job)
-    _write_json(layout, layout.job_path, record)
+    commit.write_job_record(layout, record)
     summary = JobSummary(output=plan.output, shards=len(plan.shards), skipped=len(plan.done))
-    if plan.pending and layout.fs.exists(layout.success_path):
-        layout.fs.rm_file(layout.success_path)  # the output is incomplete until this run finishes
+    if plan.pending:
+        commit.remove_success(layout)
     logger.info("%d shard(s) to label, %d already done", len(plan.pending), len(plan.done))
 
     queue = ShardQueue([ShardTask(plan.shards[name]) for name in plan.pending], job.max_attempts)
@@ -224,7 +232,7 @@ def _run_holding_lease(job: LabelJobConfig, layout: OutputLayout, lease: OutputL
                 _record_event(event, layout, record, summary, progress)
     except KeyboardInterrupt:
         summary.interrupted = True
-        _remove_uncommitted(layout, queue.in_flight.values())
+        commit.remove_uncommitted(layout, queue.in_flight)
         logger.warning("interrupted: %d shard(s) committed in this run; %d in flight abandoned",
                        summary.labelled, len(queue.in_flight))
     finally:
@@ -241,13 +249,23 @@ def _distribute(job: LabelJobConfig, queue: ShardQueue, on_progress: ProgressCal
     if distribute is not None:
         yield from distribute(queue, on_progress)
     elif job.executor == "local":
-        if segmenter is None:
-            from pipeline.models import load_segmenter
-
-            segmenter = load_segmenter(job)
-        yield from run_locally(queue, ShardLabeler(segmenter, job), on_progress)
+        yield from run_locally(queue, _local_labeler(job, segmenter), on_progress)
     else:
         yield from run_on_ray(queue, job, on_progress)
+
+
+def _local_labeler(job: LabelJobConfig, segmenter):
+    """The in-process labeller; torch is imported here, only when this process runs the model."""
+    from emerdiff import ModelLoadError
+    from pipeline.labeler import ShardLabeler
+    from pipeline.models import load_segmenter
+
+    if segmenter is None:
+        try:
+            segmenter = load_segmenter(job)
+        except ModelLoadError as error:
+            raise JobError(f"the model could not load: {error}") from None
+    return ShardLabeler(segmenter, job)
 
 
 def _record_event(event: Event, layout: OutputLayout, record: dict, summary: JobSummary, progress: ImageProgress) -> None:
@@ -256,6 +274,7 @@ def _record_event(event: Event, layout: OutputLayout, record: dict, summary: Job
     elif isinstance(event, ShardDone):
         marker = event.marker
         summary.labelled += 1
+        summary.committed[marker.shard] = marker
         summary.stats = summary.stats + marker.stats
         summary.per_worker[marker.worker] = summary.per_worker.get(marker.worker, ShardStats()) + marker.stats
         progress.shard_finished(marker.shard)
@@ -266,7 +285,7 @@ def _record_event(event: Event, layout: OutputLayout, record: dict, summary: Job
         logger.error("shard %s failed after %d attempt(s): %s", event.task.name, event.task.attempt, event.error)
         summary.failed[event.task.name] = event
         progress.shard_abandoned(event.task.name)
-        _remove_uncommitted(layout, [event.task])
+        commit.remove_uncommitted(layout, [event.task.name])
 
 
 def _check_weights(model_info: dict, layout: OutputLayout, record: dict) -> None:
@@ -275,7 +294,7 @@ def _check_weights(model_info: dict, layout: OutputLayout, record: dict) -> None
     if recorded is None:
         record["weights_sha256"] = weights
         record["model_info"] = {k: v for k, v in model_info.items() if k not in ("model", "worker")}
-        _write_json(layout, layout.job_path, record)
+        commit.write_job_record(layout, record)
     elif weights != recorded:
         raise JobRefused(
             f"the weights loaded from {record['model']!r} (sha256 {weights}) are not the ones this output was "
@@ -296,63 +315,15 @@ def _job_record(job: LabelJobConfig, previous: dict | None) -> dict:
         "config_hash": job.method.config_hash,
         "code_version": emerdiff.__version__,
         "job": job.public_dict(),
-        "started_at": _now(),
+        "started_at": commit.now(),
     }
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(layout: OutputLayout, path: str, value: dict) -> None:
-    replace_file(layout.fs, path, json.dumps(value, indent=1, sort_keys=True).encode())
-
-
-def _clear_output(layout: OutputLayout) -> None:
-    paths = [layout.data_path(name) for name in layout.list_data_files()]
-    paths += [layout.marker_path(name) for name in layout.list_markers()]
-    paths += [p for p in (layout.manifest_path, layout.success_path, layout.job_path) if layout.fs.exists(p)]
-    if paths:
-        logger.warning("--overwrite: deleting %d file(s) of the previous output", len(paths))
-        layout.fs.rm(paths)
-
-
-def _remove_temp_files(layout: OutputLayout) -> None:
-    """Delete hidden half-written files that killed processes left on a local disk."""
-    if not is_local(layout.fs):  # object stores never show an upload that was not completed
-        return
-    paths = layout.list_temp_files()
-    if paths:
-        logger.info("removing %d unfinished file(s) left by an interrupted run", len(paths))
-        layout.fs.rm(paths)
-
-
-def _remove_uncommitted(layout: OutputLayout, tasks: Iterable[ShardTask]) -> None:
-    """Delete data files that have no marker: left by an attempt that died before committing."""
-    for task in tasks:
-        data, marker = layout.data_path(task.name), layout.marker_path(task.name)
-        if layout.fs.exists(data) and not layout.fs.exists(marker):
-            layout.fs.rm_file(data)
-
-
 def _finish(layout: OutputLayout, plan: ShardPlan, summary: JobSummary) -> None:
-    markers = load_markers(layout)  # every done shard, this run's and earlier ones
-    done = {marker.shard for marker in markers}
-    rows = [manifest_row_done(marker) for marker in markers]
-    rows += [
-        manifest_row_failed(name, redact_url(plan.shards[name]), failure.error, failure.task.attempt)
-        for name, failure in summary.failed.items() if name not in done
-    ]
-    buffer = io.BytesIO()
-    pq.write_table(manifest_table(rows), buffer)
-    replace_file(layout.fs, layout.manifest_path, buffer.getvalue())
-    if summary.failed or not set(plan.shards) <= done:
-        return
-    _write_json(layout, layout.success_path, {
-        "finished_at": _now(),
-        "shards": len(done),
-        "rows": sum(m.stats.rows for m in markers),
-        "errors": sum(m.stats.errors for m in markers),
-    })
-
-
+    commit.remove_temp_files(layout)  # an actor that died mid-shard left its attempt's file; no attempt runs now
+    done = plan.markers.union(summary.committed)
+    failed = [manifest_row_failed(name, redact_url(plan.shards[name]), failure.error, failure.task.attempt)
+              for name, failure in summary.failed.items()]
+    done_rows = commit.write_manifest(layout, done, summary.committed, failed)
+    if not summary.failed and set(plan.shards) <= done:
+        commit.write_success(layout, done_rows)

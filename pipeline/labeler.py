@@ -1,17 +1,15 @@
-"""Label one shard: the unit of work, output and commit. No Ray in here.
+"""Label one shard: the unit of work and output. No Ray in here, and no choice of who runs it.
 
     shard URL -> samples (webdataset, fsspec) -> decoded pictures (reader thread)
               -> rows (segment_batch, in order) -> data/<shard>.parquet -> _markers/<shard>.json
 
-The Ray actors, the local loop and the tests all call ``ShardLabeler.run`` unchanged. The data file
-becomes visible only when it is complete, and the marker is created after it, only if absent; an
-attempt that fails leaves neither behind.
+The Ray actors, the local loop and the tests all call ``ShardLabeler.run`` unchanged. The shard is
+committed by ``pipeline.commit``: the data file becomes visible only when it is complete, and the
+marker is created after it, only if absent; an attempt that fails leaves neither behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import logging
 import os
 import socket
@@ -19,51 +17,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import emerdiff
-from pipeline.config import FailureInjection, LabelJobConfig
+from pipeline.commit import commit_shard, now
+from pipeline.config import LabelJobConfig
 from pipeline.decode import decode_samples
 from pipeline.sources import ShardInfo, ShardStream, shard_info
 from pipeline.stages import BatchSegmenter, prefetch
-from pipeline.storage import create_exclusive
+from pipeline.tasks import Progress, ShardTask
 from pipeline.writer import ParquetShardWriter
 from schemas.labels import SCHEMA_VERSION, STATUS_OK, error_reason, file_metadata, labels_schema
-from schemas.layout import DATA_DIR, OutputLayout, redact_url, shard_name
+from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats
+from schemas.urls import redact_url
 
 logger = logging.getLogger(__name__)
-
-INJECTED_EXIT_CODE = 75
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardTask:
-    url: str
-    attempt: int = 1
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.url)
-
-    def retry(self) -> ShardTask:
-        return dataclasses.replace(self, attempt=self.attempt + 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """Cumulative for one attempt at one shard; ``shard_bytes`` is None when the store can't tell."""
-
-    shard: str
-    attempt: int
-    images: int
-    bytes_read: int
-    shard_bytes: int | None
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by a FailureInjection in "raise" mode."""
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class ShardLabeler:
@@ -104,12 +70,12 @@ class ShardLabeler:
         raise AssertionError("ShardLabeler.run ended without a marker")
 
     def run(self, task: ShardTask) -> Iterator[Progress | ShardMarker]:
-        started, started_at = time.perf_counter(), _now()
+        started, started_at = time.perf_counter(), now()
         info = shard_info(task.url, self.job.storage_options)
         stream = ShardStream(task.url, self.job.storage_options)
         decoded = prefetch(decode_samples(stream, self.job.image_extensions, self.job.max_image_pixels), self.job.prefetch)
         segmenter = BatchSegmenter(self.segmenter, self.job.batch_size, redact_url(task.url))
-        rows = _inject_failure(segmenter(decoded), self.job.failure_injection, task)
+        rows = segmenter(decoded)
         stats = ShardStats()
         writer = ParquetShardWriter(self.layout.fs, self.layout.data_path(task.name), self.schema, self.job.rows_per_row_group)
         try:
@@ -127,7 +93,7 @@ class ShardLabeler:
             data_bytes = writer.finish()
             stats.write_seconds += time.perf_counter() - write_started
             stats.wall_seconds = time.perf_counter() - started
-            marker = self._commit(writer, self._marker(task, info, stats, data_bytes, started_at))
+            marker = commit_shard(self.layout, writer, self._marker(task, info, stats, data_bytes, started_at))
         except BaseException:
             rows.close()
             writer.abandon()
@@ -135,35 +101,11 @@ class ShardLabeler:
         logger.debug("shard %s done: %d rows, %d errors, %.1fs", task.name, stats.rows, stats.errors, stats.wall_seconds)
         yield marker
 
-    def _commit(self, writer: ParquetShardWriter, marker: ShardMarker) -> ShardMarker:
-        """The data file, then the marker that makes the shard done; returns the marker that counts.
-
-        The marker is created only if absent, so a shard is committed once even if two attempts
-        race to the end (a lease taken over, a store without the lease's guarantees).
-        """
-        fs, path = self.layout.fs, self.layout.marker_path(marker.shard)
-        fs.invalidate_cache(path)
-        if fs.exists(path):
-            writer.abandon()  # committed meanwhile: keep that attempt's file, it matches its marker
-            return self._existing_marker(path, marker)
-        writer.commit()
-        if create_exclusive(fs, path, marker.to_json().encode()):
-            return marker
-        return self._existing_marker(path, marker)
-
-    def _existing_marker(self, path: str, ours: ShardMarker) -> ShardMarker:
-        existing = ShardMarker.from_json(self.layout.fs.cat_file(path))
-        if (existing.worker, existing.attempt, existing.started_at) != (ours.worker, ours.attempt, ours.started_at):
-            # Not our own write seen twice (a put retried after a lost response): another attempt won.
-            logger.warning("shard %s was committed by %s (attempt %d) while %s labelled it; keeping that commit",
-                           ours.shard, existing.worker, existing.attempt, ours.worker)
-        return existing
-
     def _marker(self, task: ShardTask, info: ShardInfo, stats: ShardStats, data_bytes: int, started_at: str) -> ShardMarker:
         return ShardMarker(
             shard=task.name,
             url=redact_url(task.url),
-            data_file=f"{DATA_DIR}/{task.name}.parquet",
+            data_file=data_file_key(task.name),
             data_bytes=data_bytes,
             input_size=info.size,
             input_etag=info.etag,
@@ -175,7 +117,7 @@ class ShardLabeler:
             attempt=task.attempt,
             worker=self.worker,
             started_at=started_at,
-            finished_at=_now(),
+            finished_at=now(),
             stats=stats,
         )
 
@@ -192,17 +134,3 @@ def _timed(rows: Iterable[dict], stats: ShardStats) -> Iterator[dict]:
             return
         stats.read_seconds += time.perf_counter() - waited
         yield row
-
-
-def _inject_failure(rows: Iterator[dict], injection: FailureInjection | None, task: ShardTask) -> Iterator[dict]:
-    if injection is None or injection.shard != task.name or task.attempt > injection.attempts:
-        yield from rows
-        return
-    for count, row in enumerate(rows):
-        if count == injection.after_rows:
-            break
-        yield row
-    if injection.mode == "exit":
-        logger.warning("injected failure: exiting the process in shard %s", task.name)
-        os._exit(INJECTED_EXIT_CODE)
-    raise InjectedFailure(f"injected failure in shard {task.name} after {injection.after_rows} rows (attempt {task.attempt})")
