@@ -67,7 +67,7 @@ def _inputs_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     if not args.inputs and not args.input_lists:
         raise ValueError("no input shards: pass --input URL [URL ...], --input-list URL, or both")
     listed = [entry for url in args.input_lists for entry in read_list_file(
-        url, args.storage_options, what="URL list", flag="--input-list", entries="shard URLs",
+        url, args.storage_options, what="URL list", flag="--input-list", entries="URLs",
         folder_hint=" (to label every shard in a folder, use --input 'FOLDER/*.tar')")]
     return (*args.inputs, *listed)
 

@@ -91,3 +91,15 @@ def make_job(tiny_model, fast_config):
         return LabelJobConfig(inputs=tuple(inputs), output=str(output), **values)
 
     return make
+
+
+@pytest.fixture
+def memory_dir():
+    """A fresh folder on fsspec's in-memory store, removed afterwards."""
+    import uuid
+
+    import fsspec
+
+    root = f"memory:///inputs-{uuid.uuid4().hex[:8]}"  # memory:// lists its paths from "/"
+    yield root
+    fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)

@@ -1,3 +1,4 @@
-"""The logic behind the tools that work on a labelling output (make-shards, preview, evaluate, export,
-cluster, inspect). The subcommand modules in ``jobs/`` only parse arguments and call into here.
+"""The code behind the subcommands other than ``label`` (segment, make-shards, preview, evaluate,
+export, cluster, inspect), each with the config dataclass its flags are generated from. The
+subcommand modules in ``jobs/`` only parse arguments and call into here.
 """

@@ -1,10 +1,11 @@
 """Blur, assignment helpers and k-means against answers worked out by hand or by numpy."""
 
 import numpy as np
+import pytest
 import torch
 
 from emerdiff.kmeans import kmeans
-from emerdiff.maps import confidence_margin, gaussian_blur, mean_per_label, segment_embeddings
+from emerdiff.maps import confidence_margin, difference_norms, gaussian_blur, mean_per_label, segment_embeddings
 from emerdiff.segmentation import segment_statistics
 
 
@@ -25,6 +26,28 @@ def test_separable_blur_equals_the_full_2d_gaussian_with_reflect_101_borders():
     blurred = gaussian_blur(maps, 5, 3.0).numpy()
     for k in range(3):
         np.testing.assert_allclose(blurred[k], _numpy_blur(maps[k].numpy(), 5, 3.0), rtol=1e-10)
+
+
+def test_difference_maps_blur_the_images_before_the_norm():
+    """d = ||blur(I-) - blur(I+)||_2 over RGB (spec step 10), computed here with a full 2-D numpy kernel.
+
+    Broken variant caught: the blur applied to the norm of the difference instead of the images."""
+    rng = np.random.default_rng(2)
+    minus, plus = (torch.from_numpy(rng.normal(0, 1, (2, 3, 12, 9))).float() for _ in range(2))
+
+    def expected(first, second):
+        blurred = [np.stack([_numpy_blur(image[c].numpy().astype(np.float64), 3, 0.8) for c in range(3)])
+                   for image in (first, second)]
+        return np.sqrt(((blurred[0] - blurred[1]) ** 2).sum(axis=0))
+
+    def check(norms):
+        for pair in range(2):
+            np.testing.assert_allclose(norms[pair].numpy(), expected(minus[pair], plus[pair]), rtol=1e-5, atol=1e-5)
+
+    check(difference_norms(minus, plus, 3, 0.8))
+    norm_then_blur = gaussian_blur((minus - plus).pow(2).sum(dim=1).sqrt(), 3, 0.8)
+    with pytest.raises(AssertionError):
+        check(norm_then_blur)
 
 
 def test_blur_keeps_a_constant_map_and_size_one_is_identity():

@@ -17,7 +17,7 @@ from PIL import Image
 from emerdiff.segmentation import Segmentation, segment_statistics
 from pipeline.config import LabelJobConfig
 from schemas.labels import SCHEMA_VERSION, error_reason, error_row, file_metadata, labels_schema, ok_row, rows_to_batch
-from schemas.layout import OutputLayout
+from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats, manifest_row_done, manifest_row_failed, manifest_table
 
 CONFIG = {"num_masks": 4, "seed": 0}
@@ -101,7 +101,7 @@ def _marker(name: str, url: str, rows: list[dict], size: int, wall_seconds: floa
     for row in rows:
         stats.count_row(row["status"] == "ok", error_reason(row["error"]) if row["error"] else None)
     return ShardMarker(
-        shard=name, url=url, data_file=f"data/{name}.parquet", data_bytes=size, input_size=None, input_etag=None,
+        shard=name, url=url, data_file=data_file_key(name), data_bytes=size, input_size=None, input_etag=None,
         config_hash="c0ffee", model="tiny", weights_sha256="0" * 64, schema_version=SCHEMA_VERSION,
         code_version="test", attempt=1, worker="test:1", started_at="2026-01-01T00:00:00Z",
         finished_at="2026-01-01T00:00:02Z", stats=stats,

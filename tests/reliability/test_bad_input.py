@@ -1,7 +1,7 @@
 """Hostile and odd samples in real shards, through the whole job: each is a row with a reason, never a lost shard.
 
 Unit-level decoding cases (missing member, float images, header-only size check) are in
-tests/pipeline/test_label_inputs.py; here the same shard carries them all, end to end.
+tests/pipeline/test_decode.py; here the same shard carries them all, end to end.
 """
 
 import io

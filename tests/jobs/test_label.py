@@ -16,8 +16,6 @@ from emerdiff.config import EmerDiffConfig
 from jobs import label
 from jobs.cli import run_module
 from pipeline.config import LabelJobConfig
-from pipeline.progress import ImageProgress
-from pipeline.tasks import Progress
 from schemas.reading import iter_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,20 +50,6 @@ def test_bad_options_exit_2_with_the_reason(tmp_path, caplog):
     assert "batch_size must be a positive integer, got 0" in caplog.text
     assert run_module("jobs.label", ["--input", str(tmp_path / "none-*.tar"), "--output", str(tmp_path / "o"), "--dry-run"]) == 2
     assert "matches no file" in caplog.text
-
-
-def test_progress_counts_images_across_shards_and_estimates_the_total():
-    progress = ImageProgress(shards=4)
-    progress.update(Progress("a", 1, images=2, bytes_read=1000, shard_bytes=1000))
-    assert progress.bar.n == 2 and progress.bar.total == 8  # 2 images per 1000 bytes, 4 shards
-    progress.update(Progress("b", 1, images=3, bytes_read=900, shard_bytes=1000))
-    progress.shard_abandoned("b")  # that attempt failed: its images leave the count
-    assert progress.bar.n == 2
-    progress.update(Progress("a", 1, images=4, bytes_read=1000, shard_bytes=1000))
-    progress.shard_finished("a")
-    progress.update(Progress("b", 2, images=1, bytes_read=500, shard_bytes=1000))
-    assert progress.bar.n == 5 and progress.bar.total == 16  # 4 per shard, from the finished one
-    progress.close()
 
 
 def _cli(*argv, module="jobs.label"):

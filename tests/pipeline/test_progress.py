@@ -1,4 +1,5 @@
-"""The progress bar's running sums give the estimate a full recomputation over every shard gives."""
+"""The driver's one progress bar: images across shards, and an estimated total whose running sums
+give what a full recomputation over every shard gives."""
 
 import random
 
@@ -51,4 +52,18 @@ def test_running_sums_match_a_full_recomputation_through_retries_and_unknown_siz
             finished.add(shard)
     assert progress.bar.n == sum(p.images for p in latest.values())
     assert checked > 100
+    progress.close()
+
+
+def test_progress_counts_images_across_shards_and_estimates_the_total():
+    progress = ImageProgress(shards=4)
+    progress.update(Progress("a", 1, images=2, bytes_read=1000, shard_bytes=1000))
+    assert progress.bar.n == 2 and progress.bar.total == 8  # 2 images per 1000 bytes, 4 shards
+    progress.update(Progress("b", 1, images=3, bytes_read=900, shard_bytes=1000))
+    progress.shard_abandoned("b")  # that attempt failed: its images leave the count
+    assert progress.bar.n == 2
+    progress.update(Progress("a", 1, images=4, bytes_read=1000, shard_bytes=1000))
+    progress.shard_finished("a")
+    progress.update(Progress("b", 2, images=1, bytes_read=500, shard_bytes=1000))
+    assert progress.bar.n == 5 and progress.bar.total == 16  # 4 per shard, from the finished one
     progress.close()

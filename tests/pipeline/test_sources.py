@@ -1,5 +1,6 @@
-"""How ShardStream turns tar members into samples: webdataset's grouping, one outcome per sample,
-and the few ways a tar as a whole fails (with how many whole samples were read before)."""
+"""Reading one shard (pipeline.sources): how ShardStream turns tar members into samples (webdataset's
+grouping, one outcome per sample), the few ways a tar as a whole fails (with how many whole samples
+were read before), and shard_info."""
 
 import gzip
 import io
@@ -7,11 +8,13 @@ import logging
 import random
 import tarfile
 
+import fsspec
 import pytest
+from label_helpers import tar_bytes, write_shards
 
 from pipeline.decode import decode_samples
 from pipeline.sources import (
-    DUPLICATE_MEMBER, NOT_A_FILE, RESERVED_NAME, SAMPLE_ERROR, UNDECODABLE_NAME, ShardReadError, ShardStream,
+    DUPLICATE_MEMBER, NOT_A_FILE, RESERVED_NAME, SAMPLE_ERROR, UNDECODABLE_NAME, ShardReadError, ShardStream, shard_info,
 )
 
 
@@ -136,3 +139,28 @@ def test_only_the_tar_itself_fails_a_shard(tmp_path):
     (tmp_path / "whole.tar.gz").write_bytes(gzip.compress(_WHOLE))
     assert [s["__key__"] for s in ShardStream(str(tmp_path / "whole.tar.gz"))] == ["s0", "s1", "s2", "s3"]
     assert _read(tmp_path, _tar([]), "empty.tar")[1] == []
+
+
+# -- on an object store ----------------------------------------------------------------------------
+
+
+def test_shard_stream_reads_object_store_urls_through_fsspec(memory_dir, make_samples):
+    [url] = write_shards(memory_dir, {"shard-000000.tar": make_samples(0, 3)})
+    stream = ShardStream(url)
+    samples = list(stream)
+    assert [s["__key__"] for s in samples] == ["s00-000", "s00-001", "s00-002"]
+    assert set(samples[0]) >= {"jpg", "txt", "__url__"}
+    assert stream.bytes_read > 0
+    assert shard_info(url).size == len(tar_bytes(make_samples(0, 3)))
+
+
+def test_truncated_or_missing_shards_fail_as_a_whole(memory_dir, make_samples):
+    data = tar_bytes(make_samples(0, 3))
+    [truncated] = write_shards(memory_dir, {"cut.tar": []})
+    fsspec.filesystem("memory").pipe_file(truncated.removeprefix("memory://"), data[: len(data) // 2 + 100])
+    with pytest.raises(ShardReadError, match="cut.tar"):
+        list(ShardStream(truncated))
+    with pytest.raises(ShardReadError, match="does not exist"):
+        shard_info(f"{memory_dir}/missing.tar")
+    with pytest.raises(ShardReadError, match="missing.tar"):
+        list(ShardStream(f"{memory_dir}/missing.tar"))

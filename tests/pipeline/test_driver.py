@@ -1,22 +1,21 @@
-"""The job's observable contract with the in-process executor: files, resume, crash, refusal.
+"""The driver's observable contract with the in-process executor: files, resume, crash, refusal,
+and what a rerun costs.
 
-The same ShardLabeler runs inside the Ray actors (see test_label_ray.py); here it runs in this
-process with the session's tiny segmenter, so these tests pay for images, not for Ray.
+The same ShardLabeler runs inside the Ray actors (tests/jobs/test_label_on_ray.py); here it runs in
+this process with the session's tiny segmenter, so these tests pay for images, not for Ray.
 """
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
-import pyarrow.parquet as pq
 import pytest
 from crashing import Crash
-from label_helpers import tar_bytes, write_shards
+from label_helpers import write_shards
 
 from pipeline.driver import JobRefused, plan_job, run_job
 from pipeline.models import load_segmenter
-from pipeline.labeler import ShardLabeler
-from pipeline.tasks import ShardTask
-from schemas.labels import decode_label_png
 from schemas.layout import OutputLayout
 from schemas.reading import iter_rows, read_job, read_manifest, read_markers
 
@@ -27,28 +26,6 @@ def _output_files(root):
 
 def _keys(output):
     return Counter(row["key"] for row in iter_rows(str(output), columns=["key"]))
-
-
-def test_labeller_writes_rows_then_marker_and_keeps_bad_samples(tmp_path, make_job, make_samples, photo_jpegs, fast_segmenter):
-    samples = make_samples(0, 2) + [{"__key__": "bad", "jpg": b"garbage"}, {"__key__": "nojpg", "txt": b"x"}]
-    [url] = write_shards(str(tmp_path / "in"), {"shard-000000.tar": samples})
-    job = make_job([url], tmp_path / "out", executor="local")
-    labeler = ShardLabeler(fast_segmenter, job)
-    events = list(labeler.run(ShardTask(url)))
-    marker = events[-1]
-    assert events[-2].images == 4 and events[-2].shard_bytes == len(tar_bytes(samples))
-    assert (marker.stats.rows, marker.stats.ok, marker.stats.errors) == (4, 2, 2)
-    assert marker.stats.error_reasons == {"undecodable image": 1, "missing image member": 1}
-    table = pq.read_table(tmp_path / "out" / "data" / "shard-000000.parquet")
-    rows = table.to_pylist()
-    assert [r["key"] for r in rows] == ["s00-000", "s00-001", "bad", "nojpg"]  # input order
-    assert [r["status"] for r in rows] == ["ok", "ok", "error", "error"]
-    assert rows[2]["error"].startswith("undecodable image: ") and rows[2]["labels"] is None
-    labels = decode_label_png(rows[0]["labels"]["bytes"])
-    assert labels.shape == (rows[0]["height"], rows[0]["width"]) == (64, 96)
-    assert set(labels.ravel()) == {s["id"] for s in rows[0]["segments"]}
-    assert len(rows[0]["segments"][0]["embedding"]) == 64  # the tiny UNet's query width
-    assert json.loads(table.schema.metadata[b"emerdiff"])["config_hash"] == job.method.config_hash
 
 
 def test_run_resume_and_rerun_after_success(tmp_path, make_job, make_samples, fast_segmenter):
@@ -75,6 +52,48 @@ def test_run_resume_and_rerun_after_success(tmp_path, make_job, make_samples, fa
     assert _keys(output) == Counter({f"s{i:02d}-000": 1 for i in range(3)})
     assert read_manifest(str(output)).column("status").to_pylist() == ["done"] * 3
     assert read_job(str(output))["weights_sha256"] == fast_segmenter.model_info["weights_sha256"]
+
+
+def test_a_rerun_reads_no_marker_and_lists_them_once(tmp_path, make_job, make_samples, fast_segmenter, monkeypatch):
+    from pipeline import commit
+
+    urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 1) for i in range(3)})
+    output = tmp_path / "out"
+    job = make_job(urls, output, executor="local")
+    assert run_job(job.replace(inputs=job.inputs[:2]), segmenter=fast_segmenter).exit_code == 0
+    manifest = read_manifest(str(output))
+
+    fetched, listings = [], []
+    monkeypatch.setattr(commit, "load_markers", lambda layout, names: fetched.append(list(names)) or [])
+    list_markers = OutputLayout.list_markers
+    monkeypatch.setattr(OutputLayout, "list_markers", lambda layout: listings.append(1) or list_markers(layout))
+    # One new shard: its row comes from this run's event, the others from the previous manifest.
+    assert run_job(job, segmenter=fast_segmenter).labelled == 1
+    assert (fetched, len(listings)) == ([], 1)
+    rows = read_manifest(str(output))
+    assert rows.slice(0, 2).to_pylist() == manifest.to_pylist() and rows.column("shard")[2].as_py() == "shard-000002"
+    # Nothing to do: the same manifest again, still without reading a marker.
+    assert run_job(job).labelled == 0
+    assert (fetched, len(listings)) == ([], 2)
+    assert read_manifest(str(output)).equals(rows)
+
+
+def test_a_missing_manifest_is_rebuilt_from_the_markers(tmp_path, make_job, make_samples, fast_segmenter):
+    urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 1) for i in range(2)})
+    output = tmp_path / "out"
+    job = make_job(urls, output, executor="local")
+    assert run_job(job, segmenter=fast_segmenter).exit_code == 0
+    manifest = read_manifest(str(output))
+    (output / "_manifest.parquet").unlink()  # as after a run killed before its end
+    assert run_job(job).labelled == 0
+    assert read_manifest(str(output)).equals(manifest)
+
+
+def test_the_driver_never_imports_torch():
+    # The driver process plans, hands out shards and commits; the model and torch live in the labellers.
+    code = "import sys, jobs.label, pipeline.driver; print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_crash_in_a_shard_then_rerun_gives_every_key_once(tmp_path, make_job, make_samples, fast_segmenter, monkeypatch):
