@@ -35,6 +35,7 @@ import os
 import pstats
 import queue as queue_module
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -76,11 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=0.1, help="Seconds the simulated model takes per image.")
     parser.add_argument("--images-per-shard", type=int, default=2,
                         help="Shard i holds 1 + i %% N images, so sizes vary from 1 to N.")
+    parser.add_argument("--reruns", type=int, default=3, help="Times the no-op rerun is timed (the median counts).")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     parser.add_argument("--profile", type=Path, default=None,
                         help="cProfile the driver's main thread during the first run_job; stats written here.")
     args = parser.parse_args(argv)
-    for name in ("shards", "actors", "processes", "images_per_shard"):
+    for name in ("shards", "actors", "processes", "images_per_shard", "reruns"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.sleep < 0:
@@ -389,15 +391,19 @@ def first_run(job: LabelJobConfig, args: argparse.Namespace) -> dict:
     }
 
 
-def resume_run(job: LabelJobConfig) -> dict:
-    """The same job again over the finished output: nothing to label."""
+def resume_run(job: LabelJobConfig, reruns: int) -> dict:
+    """The same job again over the finished output: nothing to label. The whole rerun ``reruns``
+    times (moto's listing time varies with the machine's load); the median counts."""
     started, cpu = time.perf_counter(), driver_cpu_seconds()
     plan = plan_job(job)
     plan_seconds, plan_cpu = time.perf_counter() - started, driver_cpu_seconds() - cpu
     print(plan.format().splitlines()[0])
-    started = time.perf_counter()
-    summary = run_job(job, distribute=_refuse_work)
-    run_seconds = time.perf_counter() - started
+    run_seconds, run_cpu = [], []
+    for _ in range(reruns):
+        started, cpu = time.perf_counter(), driver_cpu_seconds()
+        summary = run_job(job, distribute=_refuse_work)
+        run_seconds.append(time.perf_counter() - started)
+        run_cpu.append(driver_cpu_seconds() - cpu)
     layout = OutputLayout(job.output, job.storage_options)
     started = time.perf_counter()
     markers = layout.list_markers()  # what plan_job waits for: one request per 1,000 markers
@@ -407,7 +413,9 @@ def resume_run(job: LabelJobConfig) -> dict:
         "plan_driver_cpu_seconds": plan_cpu,
         "pending": len(plan.pending),
         "done": len(plan.done),
-        "run_job_seconds": run_seconds,
+        "run_job_seconds": statistics.median(run_seconds),
+        "run_job_seconds_each": run_seconds,
+        "run_job_driver_cpu_seconds": statistics.median(run_cpu),
         "run_job_skipped": summary.skipped,
         "run_job_labelled": summary.labelled,
         "list_markers_seconds": list_seconds,
@@ -458,7 +466,7 @@ def run(args: argparse.Namespace) -> dict:
             storage_options=options, batch_size=4, max_attempts=2,
         )
         report["run"] = first_run(job, args)
-        report["resume"] = resume_run(job)
+        report["resume"] = resume_run(job, args.reruns)
         report["output"] = output_counts(job, [f"shard-{i:06d}" for i in range(args.shards)])
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     report["children_cpu_seconds"] = children.ru_utime + children.ru_stime  # moto and the actors
@@ -482,7 +490,8 @@ def print_table(report: dict) -> None:
     print(f"driver RSS: {memory['rss_before_mib']:.0f} -> {memory['rss_after_mib']:.0f} MiB "
           f"(growth {memory['rss_growth_mib']:.1f}), peak {memory['peak_rss_mib']:.0f} MiB")
     print(f"resume: plan_job {resume['plan_seconds']:.2f} s, driver CPU {resume['plan_driver_cpu_seconds']:.2f} s "
-          f"({resume['pending']} pending, {resume['done']} done); no-op run_job {resume['run_job_seconds']:.2f} s "
+          f"({resume['pending']} pending, {resume['done']} done); no-op run_job {resume['run_job_seconds']:.2f} s median "
+          f"of {[round(s, 2) for s in resume['run_job_seconds_each']]}, driver CPU {resume['run_job_driver_cpu_seconds']:.2f} s "
           f"(target < {report['rerun_target_seconds']:.0f} s); listing the markers {resume['list_markers_seconds']:.2f} s")
     print(f"output: {output['markers']} markers, {output['data_files']} data files, {output['manifest_rows']} manifest "
           f"rows ({output['manifest_done']} done, {output['manifest_images']} images), _SUCCESS {output['success']}")

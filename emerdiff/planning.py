@@ -108,14 +108,14 @@ def plan_chunks(shapes: ModelShapes, element_bytes: int, steps: int, runs: int, 
     of the work at any batch size. When not even 2 runs and 1 decode fit, the plan says so (logged)
     and takes the smallest.
     """
-    top = max(2, runs + runs % 2)
-    for chunk in range(top, 1, -2):
+    store = store_bytes(shapes, element_bytes, steps, probability_layers)
+    for chunk in range(max(2, runs + runs % 2), 1, -2):
+        if store + _unet_peak(shapes, element_bytes, chunk) > budget:
+            continue  # the UNet batch alone does not fit: no decode chunk helps
         for decode_chunk in range(chunk, 0, -1):
             peak = estimate_peak(shapes, element_bytes, steps, runs // 2, chunk, decode_chunk, probability_layers)["peak"]
             if peak <= budget:
                 return MemoryPlan(chunk, decode_chunk, peak, budget)
-            if decode_chunk == chunk and _unet_peak(shapes, element_bytes, chunk) + store_bytes(shapes, element_bytes, steps, probability_layers) > budget:
-                break  # the UNet batch alone does not fit: no decode chunk helps
     peak = estimate_peak(shapes, element_bytes, steps, runs // 2, 2, 1, probability_layers)["peak"]
     logger.warning("EmerDiff needs about %.1f GiB of free device memory at the smallest chunk, %.1f GiB are usable: "
                    "expect out-of-memory errors (lower resolution or use attention_replay='query_key').",
@@ -133,15 +133,16 @@ def estimate_peak(shapes: ModelShapes, element_bytes: int, steps: int, num_masks
     store = store_bytes(shapes, element_bytes, steps, probability_layers)
     side = shapes.resolution // 8
     latent = shapes.latent_channels * side * side * 4  # float32 between passes
-    tokens = max(layer.tokens for layer in shapes.attention if layer.name.startswith("up_blocks.1")) if shapes.attention else 0
     images = 3 * shapes.resolution**2 * 4
     differences = num_masks * shapes.resolution**2 * 4
+    # Besides the walks: latents between passes (the drawn samples, noise maps, a chunk's trajectories),
+    # the (K, R, R) difference maps and a chunk's decoded images, all float32.
     stages = {
         "encode": store + _vae_encoder_peak(shapes, 1),
         "features": store + _unet_peak(shapes, element_bytes, chunk) + chunk * latent,
         "inversion": store + _unet_peak(shapes, element_bytes, min(chunk, steps)) + 4 * steps * latent,
         "modulated runs": store + _unet_peak(shapes, element_bytes, chunk) + 3 * chunk * latent + 2 * steps * latent
-        + chunk * tokens * 4 + differences,
+        + differences,
         "decodes": store + _vae_decoder_peak(shapes, decode_chunk) + chunk * (latent + images) + 2 * steps * latent
         + differences,
     }
@@ -221,7 +222,7 @@ def _unet_peak(shapes: ModelShapes, element_bytes: int, batch: int) -> int:
 def _vae_decoder_peak(shapes: ModelShapes, batch: int) -> int:
     """One decode of ``batch`` latents in float32: the up path at full width, ending at the image's resolution."""
     channels = shapes.vae_channels[::-1]
-    side = shapes.resolution // 2 ** (len(channels) - 1) // 1
+    side = shapes.resolution // 2 ** (len(channels) - 1)  # the latent's side
     pixels = side * side
     current = channels[0]
     peak = _resnet(current, current, pixels) + current * pixels  # mid block (its attention is fused or flash)

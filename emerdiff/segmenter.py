@@ -18,6 +18,7 @@ from emerdiff.images import resize_labels, to_model_input, to_rgb
 from emerdiff.kmeans import kmeans
 from emerdiff.loading import ModelLoadError, StableDiffusionParts, load_parts, resolve_device, resolve_dtype
 from emerdiff.maps import confidence_margin, difference_norms, mean_per_label, segment_embeddings
+from emerdiff.planning import CPU_CHUNK, MemoryPlan, ModelShapes, estimate_peak, free_bytes, plan_chunks, usable_bytes
 from emerdiff.segmentation import Segmentation, segment_statistics
 
 __all__ = ["EmerDiffSegmenter", "ModelLoadError"]
@@ -25,11 +26,9 @@ __all__ = ["EmerDiffSegmenter", "ModelLoadError"]
 logger = logging.getLogger(__name__)
 
 ImageLike = Image.Image | np.ndarray
-_CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
-_MEMORY_HEADROOM = 0.7  # fraction of free device memory a chunk may use
-# Fractions of free memory the stored attention probabilities may take (SD 1.5 at 512 px: about 20 GiB in fp16).
-_REPLAY_SHARE_CUDA = 0.4
-_REPLAY_SHARE_CPU = 0.25
+# Shares of usable memory the stored attention probabilities may take (SD 1.5 at 512 px: about 20 GiB in fp16).
+# On a CPU the memory is shared with the data pipeline and possibly other actors, hence the smaller share.
+_REPLAY_SHARE = {"cuda": 0.4, "cpu": 0.25}
 _RECOMPILE_LIMIT = 32  # graphs per code object of a compiled transformer block (torch_compile)
 
 
@@ -39,18 +38,25 @@ class EmerDiffSegmenter:
         self.device = device
         self.dtype = dtype
         self._parts = parts
-        # The UNet and text encoder arrive in their final dtype (load_parts). The VAE always runs in
-        # float32: decoded images are compared pixel by pixel (spec, determinism conventions), and
+        # The UNet and text encoder run in ``dtype`` (load_parts loads them so; parts built otherwise
+        # are cast here, so the prompt, the latents and the weights always agree). The VAE always runs
+        # in float32: decoded images are compared pixel by pixel (spec, determinism conventions), and
         # SD's VAE overflows in float16 on some images.
         vae = parts.vae if parts.vae.dtype == torch.float32 else parts.vae.float()
         self.vae = vae.to(device).eval().requires_grad_(False)
-        unet = parts.unet.to(device).eval().requires_grad_(False)
-        text_encoder = parts.text_encoder.to(device).eval().requires_grad_(False)
+        unet = _on(parts.unet, device, dtype).eval().requires_grad_(False)
+        text_encoder = _on(parts.text_encoder, device, dtype).eval().requires_grad_(False)
+        if dtype == torch.bfloat16:
+            logger.warning("bfloat16 keeps 8 bits of mantissa (float16: 11): labels agree with float32 on fewer pixels "
+                           "(docs/performance.md, 'Precision'); prefer float16 on GPUs.")
         prompt = _empty_prompt_embedding(parts.tokenizer, text_encoder, device)
-        self.denoiser = Denoiser(unet, parts.scheduler_config, prompt, config, _replay_budget(device))
+        # Memory is planned once, here, before any image, from shapes alone (emerdiff/planning.py).
+        budget = usable_bytes(free_bytes(device, self._memory_device_type()))
+        replay_budget = int(budget * _REPLAY_SHARE.get(self._memory_device_type(), 0))
+        self.denoiser = Denoiser(unet, parts.scheduler_config, prompt, config, replay_budget)
         _apply_runtime_options(unet, self.vae, config)
         self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
-        self._per_run_bytes: int | None = None
+        self.memory_plan = self._plan_memory(budget)
 
     @classmethod
     def from_pretrained(
@@ -116,8 +122,9 @@ class EmerDiffSegmenter:
 
     def _encode(self, pictures: list[Image.Image]) -> torch.Tensor:
         # 1. Input: Lanczos resize, normalise, VAE posterior mean scaled by the model's factor.
-        pixels = torch.cat([to_model_input(p, self.config.resolution) for p in pictures]).to(self.device)
-        return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor  # (batch, 4, h, w) float32
+        # One image per encode: the encoder's memory does not grow with the batch (planning.py counts one).
+        latents = [self.vae.encode(to_model_input(p, self.config.resolution).to(self.device)).latent_dist.mean for p in pictures]
+        return torch.cat(latents) * self.vae.config.scaling_factor  # (batch, 4, h, w) float32
 
     def _features(self, latents: torch.Tensor) -> torch.Tensor:
         # 3. Feature passes: N draws from one fresh CPU generator, the same for every image of the batch.
@@ -168,7 +175,6 @@ class EmerDiffSegmenter:
         present = torch.nonzero(masks.sum(dim=1) > 0).flatten().tolist()
         if not present:
             return differences
-        # Planned before the inversion: planning may run the UNet, which would overwrite the recorded attention.
         chunk = self._chunk_size(2 * len(present))
         # 5. The drawn samples x_t (step 0 is t_m, where every trajectory starts) and the noise maps z_t.
         samples = self.denoiser.inversion.samples(latent, torch.Generator("cpu").manual_seed(self.config.seed))
@@ -185,33 +191,32 @@ class EmerDiffSegmenter:
         return differences
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        # 9. Decode in float32, not clamped.
-        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        # 9. Decode in float32, not clamped; at most the plan's decode_chunk latents at a time.
+        scale = self.vae.config.scaling_factor
+        pieces = latents.split(self.memory_plan.decode_chunk)
+        return torch.cat([self.vae.decode(piece / scale, return_dict=False)[0] for piece in pieces])
 
     def _chunk_size(self, runs: int) -> int:
-        if self.config.chunk_size is not None:
-            return self.config.chunk_size
-        if self.device.type != "cuda":
-            return min(runs, _CPU_CHUNK)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        per_run = self._measured_bytes_per_run()
-        fitting = int(free * _MEMORY_HEADROOM // per_run) // 2 * 2
-        return max(2, min(runs, fitting))
+        return min(runs, self.memory_plan.chunk_size)
 
-    def _measured_bytes_per_run(self) -> int:
-        """Peak device memory of one modulated run plus its decode, measured once with a batch of 2."""
-        if self._per_run_bytes is None:
-            torch.cuda.synchronize(self.device)
-            baseline = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            side = self.config.resolution // 8
-            latent = torch.zeros(1, 4, side, side, device=self.device)
-            steps = len(self.denoiser.timesteps)
-            tokens = self._modulation_side ** 2
-            noise_maps = self.denoiser.invert(latent, latent.expand(steps, -1, -1, -1), 2)
-            self._decode(self.denoiser.modulated_runs(latent, noise_maps, torch.zeros(2, tokens, device=self.device)))
-            self._per_run_bytes = max(1, (torch.cuda.max_memory_allocated(self.device) - baseline) // 2)
-        return self._per_run_bytes
+    def _memory_device_type(self) -> str:
+        """Which memory the plan reads: the device's type (tests plan as on CUDA while running on a CPU)."""
+        return self.device.type
+
+    def _plan_memory(self, budget: int) -> MemoryPlan:
+        """Chunk sizes for this segmenter's every image: the config's, the CPU's fixed one, or planned on CUDA."""
+        shapes = ModelShapes.from_modules(self.denoiser.unet, self.vae, self.config.resolution)
+        element_bytes = torch.empty((), dtype=self.dtype).element_size()
+        steps, masks = len(self.denoiser.timesteps), self.config.num_masks
+        layers = self.denoiser.state.probability_layers
+        if self.config.chunk_size is None and self._memory_device_type() == "cuda":
+            plan = plan_chunks(shapes, element_bytes, steps, 2 * masks, layers, budget)
+        else:
+            chunk = self.config.chunk_size or CPU_CHUNK
+            peak = estimate_peak(shapes, element_bytes, steps, masks, chunk, chunk, layers)["peak"]
+            plan = MemoryPlan(chunk, chunk, peak, None)
+        logger.info("memory plan: %s, %d probability layers", plan, len(layers))
+        return plan
 
 
 def _apply_runtime_options(unet: torch.nn.Module, vae: torch.nn.Module, config: EmerDiffConfig) -> None:
@@ -250,20 +255,10 @@ def _compile_unet_blocks(unet: torch.nn.Module) -> None:
     unet.compile_repeated_blocks(dynamic=True)
 
 
-def _replay_budget(device: torch.device) -> int:
-    """Bytes the reference run may spend on stored attention probabilities (attention_replay='auto').
-
-    Replaying probabilities halves the attention work of every modulated run and measured faster
-    on CPU as well as in FLOPs (README, Performance). On a CPU the memory is shared with the data
-    pipeline and possibly other actors, hence the smaller share.
-    """
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0] * _REPLAY_SHARE_CUDA)
-    if device.type == "cpu":
-        import os
-
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * _REPLAY_SHARE_CPU)
-    return 0
+def _on(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # Cast only when needed: diffusers warns on every dtype cast, even to the dtype a model already has.
+    module = module.to(device)
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
 
 
 def _grid_side(tokens: int) -> int:

@@ -28,7 +28,7 @@ from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
 from pipeline.tasks import Event, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
 from schemas.labels import SCHEMA_VERSION
-from schemas.layout import OutputLayout
+from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats, manifest_row_failed
 from schemas.reading import load_job
 from schemas.shards import expand_shards, shard_name
@@ -95,7 +95,7 @@ def _name_shards(urls: Iterable[str]) -> dict[str, str]:
         if name in shards:
             raise ValueError(
                 f"input shards {redact_url(shards[name])} and {redact_url(url)} would both be written as "
-                f"data/{name}.parquet; label them into separate outputs or rename one"
+                f"{data_file_key(name)}; label them into separate outputs or rename one"
             )
         shards[name] = url
     return shards

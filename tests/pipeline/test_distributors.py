@@ -286,3 +286,16 @@ def test_no_warning_while_an_actor_is_running(monkeypatch, caplog):
     assert ray.now >= 2 * distributors._UNSCHEDULED_WARNING_SECONDS
     assert len(of_type(events, ShardDone)) == 30
     assert unscheduled_warnings(caplog) == []
+
+
+def test_the_pool_keeps_one_list_of_pending_refs_updated_in_place():
+    pending = distributors._PendingRefs()
+    refs = [object() for _ in range(6)]
+    for ref in refs:
+        pending.add(ref)
+    watched = pending.refs
+    for ref in (refs[0], refs[3], refs[5]):
+        pending.remove(ref)
+    pending.add(refs[0])
+    assert pending.refs is watched  # the list ray.wait gets is the same object, never rebuilt
+    assert sorted(map(id, pending.refs)) == sorted(map(id, [refs[1], refs[2], refs[4], refs[0]]))

@@ -1,0 +1,170 @@
+"""The memory planner (emerdiff/planning.py): shapes in, chunk sizes out, never a UNet pass.
+
+On CUDA the segmenter used to measure memory by running the UNet, which overwrote the first
+image's recorded attention. Here CUDA's memory calls are stubbed on a CPU: the plan comes from the
+caching allocator's numbers, nothing is probed, and the first image's labels are those of a run
+with a fixed chunk size. The estimate itself is checked against allocations counted on a CPU.
+"""
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from benchmarks.models import random_parts
+from emerdiff import EmerDiffConfig, EmerDiffSegmenter
+from emerdiff import planning
+from emerdiff.attention import attention_layer_names
+
+GiB = 2**30
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages alive at once, counting every storage an op creates while active.
+
+    A storage counts from the op that returns it until Python frees it (views share it, so it is
+    counted once). Kernels' private scratch buffers are not seen; the weights, made before, are not counted.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = id(storage)
+                if key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.current += self.live[key]
+                    weakref.finalize(storage, self._release, key)
+        self.peak = max(self.peak, self.current)
+        return output
+
+
+class PlannedAsOnCuda(EmerDiffSegmenter):
+    """Runs on the CPU but plans memory as it would on CUDA, from torch.cuda's (stubbed) numbers."""
+
+    def _memory_device_type(self) -> str:
+        return "cuda"
+
+
+@pytest.fixture
+def cuda_memory(monkeypatch):
+    """Stub torch.cuda's memory queries; any call that would measure by running something fails the test."""
+    numbers = {"free": 6 * GiB, "reserved": 3 * GiB, "allocated": 1 * GiB}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (numbers["free"], 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: numbers["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: numbers["allocated"])
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the planner measured instead of estimating")
+
+    for name in ("synchronize", "reset_peak_memory_stats", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, probe)
+    return numbers
+
+
+def test_free_memory_counts_the_caching_allocators_free_blocks(cuda_memory):
+    # mem_get_info misses what PyTorch reserved but does not use: 6 GiB free + (3 - 1) GiB cached.
+    assert planning.free_bytes(torch.device("cuda")) == 8 * GiB
+
+
+def _count_unet_passes(segmenter_class, parts, config):
+    passes = []
+    handle = parts.unet.register_forward_pre_hook(lambda module, args: passes.append(1))
+    segmenter = segmenter_class(parts, config, torch.device("cpu"), torch.float32)
+    handle.remove()
+    return segmenter, len(passes)
+
+
+@pytest.mark.parametrize("free_gib", [6, 0.5])
+def test_first_image_labels_equal_an_unprobed_run(cuda_memory, tiny_config, photos, free_gib):
+    config = tiny_config.replace(feature_samples=2, kmeans_restarts=2)
+    cuda_memory["free"], cuda_memory["reserved"] = int(free_gib * GiB), 0
+    planned, passes = _count_unet_passes(PlannedAsOnCuda, random_parts("tiny"), config)
+    assert passes == 0
+    plan = planned.memory_plan
+    assert plan.budget_bytes == planning.usable_bytes(int(free_gib * GiB) - GiB)
+    assert plan.chunk_size % 2 == 0 and 1 <= plan.decode_chunk <= plan.chunk_size
+    image = photos["coffee"]
+    first = planned.segment(image)
+    # An unprobed run: the chunk fixed in the config (a different one: chunks do not change results).
+    fixed = EmerDiffSegmenter(random_parts("tiny"), config.replace(chunk_size=2), torch.device("cpu"), torch.float32)
+    expected = fixed.segment(image)
+    np.testing.assert_array_equal(first.labels, expected.labels)
+    np.testing.assert_array_equal(first.lowres_labels, expected.lowres_labels)
+
+
+def test_a_tight_budget_splits_the_decodes(tiny_config):
+    """Decodes dominate at full resolution: when a chunk's decode does not fit, it is split, the UNet batch is not."""
+    with torch.device("meta"):
+        parts = random_parts("tiny")
+    segmenter = EmerDiffSegmenter(parts, tiny_config.replace(chunk_size=8), torch.device("meta"), torch.float32)
+    shapes = planning.ModelShapes.from_modules(segmenter.denoiser.unet, segmenter.vae, tiny_config.resolution)
+    layers = segmenter.denoiser.state.probability_layers
+    whole = planning.estimate_peak(shapes, 4, 15, 4, 8, 8, layers)
+    half = planning.estimate_peak(shapes, 4, 15, 4, 8, 4, layers)
+    assert whole["decodes"] > half["decodes"] and whole["modulated runs"] == half["modulated runs"]
+    plan = planning.plan_chunks(shapes, 4, 15, 8, layers, (whole["peak"] + half["peak"]) // 2)
+    assert plan.chunk_size == 8 and plan.decode_chunk < 8 and plan.estimated_peak_bytes <= plan.budget_bytes
+
+
+# -- SD 1.x's shapes at 512 px, K = 25, on the meta device -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sd15_meta_parts():
+    with torch.device("meta"):
+        return random_parts("sd15")
+
+
+@pytest.mark.parametrize("free_gib", [80, 40, 24, 16])
+def test_planner_fits_sd15_at_512_px_in_each_budget(sd15_meta_parts, free_gib, cuda_memory):
+    config = EmerDiffConfig()  # 512 px, K = 25: the defaults
+    cuda_memory.update(free=free_gib * GiB, reserved=0, allocated=0)
+    segmenter = PlannedAsOnCuda(sd15_meta_parts, config, torch.device("meta"), torch.float16)
+    plan, layers = segmenter.memory_plan, segmenter.denoiser.state.probability_layers
+    assert plan.budget_bytes <= free_gib * GiB
+    assert plan.estimated_peak_bytes <= plan.budget_bytes
+    assert 2 <= plan.chunk_size <= 2 * config.num_masks and plan.chunk_size % 2 == 0
+    self_attention = [n for n in attention_layer_names(segmenter.denoiser.unet) if n.endswith("attn1")]
+    if free_gib >= 80:  # the whole probability store (about 20 GiB) fits the replay share
+        assert layers == frozenset(self_attention)
+    else:  # only the coarse layers, where probabilities are no larger than query and key
+        assert layers and layers < frozenset(self_attention)
+
+
+def test_smaller_budgets_never_get_bigger_batches(sd15_meta_parts, cuda_memory):
+    plans = []
+    for free_gib in (80, 40, 24, 16):
+        cuda_memory.update(free=free_gib * GiB, reserved=0, allocated=0)
+        plans.append(PlannedAsOnCuda(sd15_meta_parts, EmerDiffConfig(), torch.device("meta"), torch.float16).memory_plan)
+    assert [p.chunk_size for p in plans] == sorted((p.chunk_size for p in plans), reverse=True)
+
+
+# -- the estimate against allocations counted on a CPU ----------------------------------------------
+
+
+@pytest.mark.parametrize("replay, chunk", [("auto", 8), ("query_key", 2)])
+def test_estimate_is_within_15_percent_of_the_peak_counted_on_cpu(replay, chunk, photos):
+    config = EmerDiffConfig(num_masks=4, resolution=128, feature_samples=2, kmeans_restarts=2,
+                            attention_replay=replay, chunk_size=chunk)
+    segmenter = EmerDiffSegmenter(random_parts("mid"), config, torch.device("cpu"), torch.float32)
+    with LiveTensorBytes() as counted:
+        segmenter.segment(photos["chelsea"])
+    shapes = planning.ModelShapes.from_modules(segmenter.denoiser.unet, segmenter.vae, config.resolution)
+    estimate = planning.estimate_peak(shapes, 4, len(segmenter.denoiser.timesteps), config.num_masks, chunk, chunk,
+                                      segmenter.denoiser.state.probability_layers)
+    assert estimate["peak"] == segmenter.memory_plan.estimated_peak_bytes
+    assert abs(estimate["peak"] / counted.peak - 1) <= 0.15, (estimate, counted.peak)
