@@ -97,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny model, 128 px, K=2, N=2, 4 k-means restarts, t_m=61, one run: seconds, for CI.")
     args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        parser.error(f"--runs must be at least 1 and --warmup at least 0, got {args.runs} and {args.warmup}")
     if args.smoke:
         args.shape, args.resolution, args.num_masks, args.runs, args.warmup = "tiny", 128, 2, 1, 0
         args.feature_samples, args.kmeans_restarts, args.modulation_timestep = 2, 4, 61  # a 4-step window
@@ -216,8 +218,11 @@ def instrument_reference(reference: ReferenceEmerDiff, meter: StageMeter) -> Non
 # -- timed runs ----------------------------------------------------------------------------------
 
 
-def timed(segment, images, runs: int, warmup: int, meter: StageMeter, device: torch.device) -> dict:
-    """Per-image seconds of ``runs`` calls after ``warmup``; ``meter`` keeps the stages of the timed calls only."""
+def timed(segment, images, runs: int, warmup: int, meter: StageMeter, device: torch.device) -> tuple[dict, typing.Any]:
+    """Per-image seconds of ``runs`` calls after ``warmup``, and the last call's result.
+
+    ``meter`` keeps the stages of the timed calls only.
+    """
     for _ in range(warmup):
         segment(images)
     meter.seconds.clear()
@@ -226,7 +231,7 @@ def timed(segment, images, runs: int, warmup: int, meter: StageMeter, device: to
     for _ in range(runs):
         synchronize(device)
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        segment(images)
+        result = segment(images)
         synchronize(device)
         wall.append((time.perf_counter() - start_wall) / len(images))
         cpu.append((time.process_time() - start_cpu) / len(images))
@@ -241,7 +246,7 @@ def timed(segment, images, runs: int, warmup: int, meter: StageMeter, device: to
         "cpu_seconds_per_image": statistics.median(cpu), "best_cpu_seconds_per_image": min(cpu),
         "runs_cpu_seconds_per_image": cpu,
         "stage_seconds_per_image": stage_seconds, "stage_cpu_seconds_per_image": stage_cpu,
-    }
+    }, result
 
 
 def synchronize(device: torch.device) -> None:
@@ -264,8 +269,7 @@ def measure_production(segmenter: EmerDiffSegmenter, images, args) -> tuple[dict
     start = time.perf_counter()
     segmenter.segment_batch(images)
     first_call = (time.perf_counter() - start) / len(images)
-    result = timed(segmenter.segment_batch, images, args.runs, max(0, args.warmup - 1), meter, segmenter.device)
-    results = segmenter.segment_batch(images)
+    result, results = timed(segmenter.segment_batch, images, args.runs, max(0, args.warmup - 1), meter, segmenter.device)
     return {**result, "first_call_seconds_per_image": first_call, "host_peak_mib": host_peak_mib(),
             "device_peak_mib": device_peak_mib(segmenter.device)}, results
 
@@ -292,7 +296,7 @@ def measure_reference(reference: ReferenceEmerDiff, images, production_results, 
         labels[:] = [reference.segment(image) for image in batch]
         return labels
 
-    result = timed(segment_all, images, args.runs, args.warmup, meter, reference.device)
+    result, _ = timed(segment_all, images, args.runs, args.warmup, meter, reference.device)
     agreement = []
     for image, mine, ref_lowres, production in zip(images, labels, lowres, production_results):
         if not np.array_equal(ref_lowres, production.lowres_labels):
@@ -413,7 +417,8 @@ def run(args: argparse.Namespace) -> dict:
     counted = config.replace(channels_last=False, torch_compile="none")  # neither changes the work
     report["counts"] = meta_counts(args.shape, counted, (replay,))
     if args.flops_shape:
-        full = counted.replace(resolution=args.flops_resolution, num_masks=args.flops_num_masks,
+        # The method's defaults otherwise (t_m, steps, layers), whatever this run's own settings.
+        full = EmerDiffConfig(resolution=args.flops_resolution, num_masks=args.flops_num_masks,
                               feature_samples=args.flops_feature_samples)
         # No memory to budget on the meta device: both ends of attention_replay.
         report["full_size_counts"] = meta_counts(args.flops_shape, full, ("probabilities", "query_key"))

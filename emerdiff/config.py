@@ -112,15 +112,18 @@ class EmerDiffConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _problems(config: EmerDiffConfig):
-    def positive_int(name: str):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            yield f"{name} must be a positive integer, got {value!r}"
+def positive_int_problem(name: str, value: Any) -> str | None:
+    """The complaint about ``value`` unless it is an integer >= 1 (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"{name} must be a positive integer, got {value!r}"
+    return None
 
+
+def _problems(config: EmerDiffConfig):
     for name in ("num_masks", "resolution", "feature_samples", "kmeans_restarts", "kmeans_iterations",
                  "num_inference_steps", "blur_kernel_size"):
-        yield from positive_int(name)
+        if problem := positive_int_problem(name, getattr(config, name)):
+            yield problem
     if isinstance(config.resolution, int) and config.resolution % 64:
         yield f"resolution must be a multiple of 64 (the UNet downsamples the latent 3 times), got {config.resolution}"
     for name in ("feature_timestep", "modulation_timestep"):

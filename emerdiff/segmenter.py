@@ -123,7 +123,9 @@ class EmerDiffSegmenter:
     def _encode(self, pictures: list[Image.Image]) -> torch.Tensor:
         # 1. Input: Lanczos resize, normalise, VAE posterior mean scaled by the model's factor.
         # One image per encode: the encoder's memory does not grow with the batch (planning.py counts one).
-        latents = [self.vae.encode(to_model_input(p, self.config.resolution).to(self.device)).latent_dist.mean for p in pictures]
+        latents = [
+            self.vae.encode(to_model_input(p, self.config.resolution).to(self.device)).latent_dist.mean for p in pictures
+        ]
         return torch.cat(latents) * self.vae.config.scaling_factor  # (batch, 4, h, w) float32
 
     def _features(self, latents: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Literal
 
-from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
+from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig, positive_int_problem
 from schemas.urls import has_scheme, is_pipe, redact_url
 
 PIL_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -31,13 +31,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **flag: Any) -> A
 def output_option() -> Any:
     """The positional OUTPUT of the tools that read a labelling output."""
     return option(help="Labelling output folder (local path or fsspec URL).", name="output", metavar="OUTPUT")
-
-
-def positive_int_problem(name: str, value: Any) -> str | None:
-    """The complaint about ``value`` unless it is an integer >= 1 (booleans are not integers here)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"{name} must be a positive integer, got {value!r}"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ from jobs.tools.metrics import (
     per_image_counts,
 )
 from jobs.tools.protocols import DATASET, PER_IMAGE, PROTOCOLS
-from pipeline.config import option, output_option, positive_int_problem
+from emerdiff.config import positive_int_problem
+from pipeline.config import option, output_option
 from pipeline.sources import ShardStream
 from schemas.labels import STATUS_OK, decode_label_png
 from schemas.reading import flatten_segments, iter_batches

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from jobs.visualize import colorize, overlay
-from pipeline.config import LabelJobConfig, option, output_option, positive_int_problem
+from emerdiff.config import positive_int_problem
+from pipeline.config import LabelJobConfig, option, output_option
 from pipeline.decode import SampleError, decode_image, find_image
 from pipeline.sources import ShardReadError, ShardStream
 from schemas.labels import STATUS_OK, decode_label_png, error_reason

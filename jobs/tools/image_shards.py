@@ -26,7 +26,8 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from jobs.tools.cocostuff import GT_MAPPINGS
-from pipeline.config import option, positive_int_problem
+from emerdiff.config import positive_int_problem
+from pipeline.config import option
 from schemas.shards import shard_file_glob, shard_file_name
 from schemas.urls import glob_root, has_scheme, is_glob, read_list_file
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 # The same seeding the method uses for its per-image masks (spec step 4).
+from emerdiff.config import positive_int_problem
 from emerdiff.kmeans import kmeans_plus_plus
-from pipeline.config import option, positive_int_problem
+from pipeline.config import option
 
 
 @dataclasses.dataclass(frozen=True)

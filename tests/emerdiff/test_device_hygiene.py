@@ -81,7 +81,8 @@ class CopiesAndDraws(TorchDispatchMode):
 def meta_segmenter(tiny_config):
     with torch.device("meta"):
         parts = random_parts("tiny")
-    return EmerDiffSegmenter(parts, tiny_config.replace(feature_samples=5), torch.device("meta"), torch.float32)
+    config = tiny_config.replace(feature_samples=5, modulation_timestep=61)
+    return EmerDiffSegmenter(parts, config, torch.device("meta"), torch.float32)
 
 
 def test_random_draws_are_made_on_the_cpu_and_moved_once(meta_segmenter):

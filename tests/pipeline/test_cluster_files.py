@@ -48,7 +48,7 @@ def test_ray_cluster_yaml_documents_a_valid_submit_command():
     submitted = re.search(r"ray job submit --working-dir \. -- \\\n(.*?)\n#   ray down", text, re.S).group(1)
     command = " ".join(line.lstrip("# ").rstrip("\\ ") for line in submitted.splitlines())
     job = _parse_label_command(command)
-    assert job.accelerator == "gpu" and job.model == "/home/ray/models/sd15"
+    assert job.accelerator == "gpu" and job.model == "/home/ray/models/sd14"
 
 
 def test_rayjob_manifest_runs_the_label_entry_point_on_gpu_workers():
