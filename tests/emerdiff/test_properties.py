@@ -61,14 +61,19 @@ def _unet_inputs(unet):
         handle.remove()
 
 
-def _without_injection():
-    """Broken variant "injection removed": modulated runs use plain attention."""
+def _runs_started(mode=lambda mode: mode, modulation=lambda modulation: modulation):
+    """A broken variant made by rewriting what every run is started with (mode, (runs, tokens, 1) modulation)."""
     start = AttentionState.start
 
-    def plain(self, mode, modulation=None):
-        start(self, "plain" if mode == "inject" else mode, modulation)
+    def rewritten(self, run_mode, run_modulation=None):
+        start(self, mode(run_mode), None if run_modulation is None else modulation(run_modulation))
 
-    return mock.patch.object(AttentionState, "start", plain)
+    return mock.patch.object(AttentionState, "start", rewritten)
+
+
+def _without_injection():
+    """Broken variant "injection removed": modulated runs use plain attention."""
+    return _runs_started(mode=lambda mode: "plain" if mode == "inject" else mode)
 
 
 def _modulated_one_step_late():
@@ -131,15 +136,8 @@ def test_zero_strength_gives_identical_images_and_zero_differences(tiny_model, t
 
 def _sign_order_only_on_minus():
     """Broken variant: the modulation reaches only the -lambda run of each pair (the +lambda run gets none)."""
-    start = AttentionState.start
-
-    def minus_only(self, mode, modulation=None):
-        if modulation is not None:
-            modulation = modulation.clone()
-            modulation[1::2] = 0
-        start(self, mode, modulation)
-
-    return mock.patch.object(AttentionState, "start", minus_only)
+    even_rows = (torch.arange(64) % 2 == 0).float()[:, None, None]
+    return _runs_started(modulation=lambda modulation: modulation * even_rows[: len(modulation)])
 
 
 @torch.inference_mode()
@@ -165,14 +163,7 @@ def test_swapping_the_signs_gives_the_same_differences(tiny_model, tiny_config, 
 
 def _first_pair_everywhere():
     """Broken variant: every pair of a chunk gets the chunk's first pair of modulations."""
-    start = AttentionState.start
-
-    def first_pair(self, mode, modulation=None):
-        if modulation is not None:
-            modulation = modulation[:2].repeat(len(modulation) // 2, 1, 1)
-        start(self, mode, modulation)
-
-    return mock.patch.object(AttentionState, "start", first_pair)
+    return _runs_started(modulation=lambda modulation: modulation[:2].repeat(len(modulation) // 2, 1, 1))
 
 
 @torch.inference_mode()
