@@ -282,7 +282,7 @@ def measure_reference(reference: ReferenceEmerDiff, images, production_results, 
     """
     meter = StageMeter()
     instrument_reference(reference, meter)
-    labels, lowres = [], []
+    lowres = []  # the low-res masks of the latest call
     original_masks = reference._lowres_masks
 
     def kept_masks(latent):
@@ -293,10 +293,9 @@ def measure_reference(reference: ReferenceEmerDiff, images, production_results, 
 
     def segment_all(batch):
         lowres.clear()
-        labels[:] = [reference.segment(image) for image in batch]
-        return labels
+        return [reference.segment(image) for image in batch]
 
-    result, _ = timed(segment_all, images, args.runs, args.warmup, meter, reference.device)
+    result, labels = timed(segment_all, images, args.runs, args.warmup, meter, reference.device)
     agreement = []
     for image, mine, ref_lowres, production in zip(images, labels, lowres, production_results):
         if not np.array_equal(ref_lowres, production.lowres_labels):

@@ -27,6 +27,8 @@ HEADROOM = 0.85  # share of free memory a plan may use: allocator fragmentation,
 RESERVE_BYTES = 512 * 2**20  # kept free on a GPU whatever its size (workspaces, the CUDA graph pool, other tensors)
 CPU_CHUNK = 8  # on a CPU, larger batches buy little and cost memory
 VAE_BYTES = 4  # the VAE always runs in float32 (emerdiff/segmenter.py)
+MEMINFO = "/proc/meminfo"
+CGROUP = "/sys/fs/cgroup"  # cgroup v2, as containers and Kubernetes pods see it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,39 @@ def free_bytes(device: torch.device, device_type: str | None = None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free + cached)
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return _host_available_bytes()
+
+
+def _host_available_bytes() -> int:
+    """Host memory a new allocation can get: MemAvailable (free plus reclaimable page cache), capped by a cgroup limit.
+
+    MemFree alone (``SC_AVPHYS_PAGES``) leaves out the page cache, so once the cache has filled up
+    after a few reads a plan from it would keep shrinking, and timings would depend on what ran before.
+    """
+    available = None
+    try:
+        with open(MEMINFO) as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if available is None:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(available, _cgroup_headroom_bytes() or available)
+
+
+def _cgroup_headroom_bytes() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), or None when unlimited or unknown."""
+    try:
+        with open(f"{CGROUP}/memory.max") as limit_file, open(f"{CGROUP}/memory.current") as current_file:
+            limit, current = limit_file.read().strip(), current_file.read().strip()
+    except OSError:
+        return None
+    if limit == "max":
+        return None
+    return max(0, int(limit) - int(current))
 
 
 def usable_bytes(free: int) -> int:

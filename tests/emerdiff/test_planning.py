@@ -168,3 +168,20 @@ def test_estimate_is_within_15_percent_of_the_peak_counted_on_cpu(replay, chunk,
                                       segmenter.denoiser.state.probability_layers)
     assert estimate["peak"] == segmenter.memory_plan.estimated_peak_bytes
     assert abs(estimate["peak"] / counted.peak - 1) <= 0.15, (estimate, counted.peak)
+
+
+def test_host_memory_counts_the_page_cache_and_respects_a_cgroup_limit(tmp_path, monkeypatch):
+    """A full page cache leaves MemFree low; planning from it would silently shrink the replay budget."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         2000000 kB\nMemAvailable:   20000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    monkeypatch.setattr(planning, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(planning, "CGROUP", str(cgroup))
+    assert planning.free_bytes(torch.device("cpu")) == 20000000 * 1024  # no cgroup files: no limit
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("123\n")
+    assert planning.free_bytes(torch.device("cpu")) == 20000000 * 1024
+    (cgroup / "memory.max").write_text(f"{8 * 2**30}\n")
+    (cgroup / "memory.current").write_text(f"{2 * 2**30}\n")
+    assert planning.free_bytes(torch.device("cpu")) == 6 * 2**30
