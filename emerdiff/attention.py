@@ -14,7 +14,8 @@ from a shared ``AttentionState``:
 
 Replaying probabilities instead of query/key gives the same maps (spec step 7) and skips the
 QK^T product in every modulated run: it halves the attention work, at N^2 memory per head. Layers
-listed in ``state.probability_layers`` replay probabilities; ``probability_layers()`` picks them.
+listed in ``state.probability_layers`` replay probabilities; ``emerdiff.planning.probability_layers``
+picks them.
 
 In every mode the modulation layer adds ``state.modulation`` (batch, tokens, 1) to its output
 at the first denoising step, after ``to_out`` and before the block's residual add (spec step 8).
@@ -86,28 +87,6 @@ def layer_grid_side(unet: torch.nn.Module, name: str, resolution: int) -> int:
     else:
         raise ValueError(f"cannot tell the token grid of layer {name!r}: expected a down_blocks, mid_block or up_blocks path")
     return resolution // 8 // 2**depth
-
-
-def probability_layers(unet: torch.nn.Module, resolution: int, steps: int, replay: str,
-                       budget_bytes: int, element_bytes: int) -> frozenset[str]:
-    """Self-attention layers whose reference run stores probabilities instead of query/key.
-
-    ``replay``: "query_key" (none), "probabilities" (all), or "auto": the layers where the
-    probabilities take no more memory than query and key (heads * tokens <= 2 * channels, the
-    coarse layers), and every layer when the whole store fits in ``budget_bytes``.
-    """
-    if replay == "query_key":
-        return frozenset()
-    sizes = {}  # name -> (probability bytes, query/key bytes) over all steps
-    for name in attention_layer_names(unet):
-        if name.endswith("attn1"):
-            attn = unet.get_submodule(name)
-            tokens = layer_grid_side(unet, name, resolution) ** 2
-            channels = attn.to_q.out_features
-            sizes[name] = (steps * attn.heads * tokens**2 * element_bytes, steps * 2 * tokens * channels * element_bytes)
-    if replay == "probabilities" or sum(p for p, _ in sizes.values()) <= budget_bytes:
-        return frozenset(sizes)
-    return frozenset(name for name, (probabilities, query_key) in sizes.items() if probabilities <= query_key)
 
 
 def install_processors(unet: torch.nn.Module, state: AttentionState, feature_layer: str, modulation_layer: str) -> None:

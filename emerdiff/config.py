@@ -119,6 +119,13 @@ def positive_int_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def non_negative_int_problem(name: str, value: Any) -> str | None:
+    """The complaint about ``value`` unless it is an integer >= 0 (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"{name} must be a non-negative integer, got {value!r}"
+    return None
+
+
 def _problems(config: EmerDiffConfig):
     for name in ("num_masks", "resolution", "feature_samples", "kmeans_restarts", "kmeans_iterations",
                  "num_inference_steps", "blur_kernel_size"):
@@ -138,8 +145,8 @@ def _problems(config: EmerDiffConfig):
         yield f"modulation_strength must be a number, got {config.modulation_strength!r}"
     if not isinstance(config.attention_injection, bool):
         yield f"attention_injection must be true or false, got {config.attention_injection!r}"
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
-        yield f"seed must be a non-negative integer, got {config.seed!r}"
+    if problem := non_negative_int_problem("seed", config.seed):
+        yield problem
     for name in ("feature_layer", "modulation_layer"):
         if not isinstance(getattr(config, name), str) or not getattr(config, name):
             yield f"{name} must be a diffusers module path such as {MODULATION_LAYER!r}"

@@ -7,9 +7,10 @@ import functools
 
 import torch
 
-from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors, probability_layers
+from emerdiff.attention import AttentionState, FeaturesCaptured, check_layer, install_processors
 from emerdiff.config import EmerDiffConfig
 from emerdiff.inversion import DDPMInversion
+from emerdiff.planning import attention_shapes, probability_layers
 
 
 class Denoiser:
@@ -28,8 +29,8 @@ class Denoiser:
         self.inversion = DDPMInversion(scheduler_config, config).to(prompt_embedding.device)
         self.timesteps = self.inversion.timesteps
         self.state = AttentionState(probability_layers=probability_layers(
-            unet, config.resolution, len(self.timesteps), config.attention_replay, replay_budget_bytes,
-            prompt_embedding.element_size(),
+            attention_shapes(unet, config.resolution), len(self.timesteps), config.attention_replay,
+            replay_budget_bytes, prompt_embedding.element_size(),
         ))
         install_processors(unet, self.state, config.feature_layer, config.modulation_layer)
         # None: every run computes the whole UNet at the modulation step too (a layout SharedPrefix does not know).

@@ -39,6 +39,41 @@ class AttentionLayer:
     heads: int
     channels: int
 
+    @property
+    def probability_elements(self) -> int:
+        return self.heads * self.tokens**2  # (heads, tokens, tokens)
+
+    @property
+    def query_key_elements(self) -> int:
+        return 2 * self.tokens * self.channels  # query and key, (tokens, channels) each
+
+
+def attention_shapes(unet: torch.nn.Module, resolution: int) -> tuple[AttentionLayer, ...]:
+    """Every attention layer of ``unet`` with its token count at ``resolution``."""
+    layers = []
+    for name in attention_layer_names(unet):
+        attn = unet.get_submodule(name)
+        layers.append(AttentionLayer(name, name.endswith("attn1"), layer_grid_side(unet, name, resolution) ** 2,
+                                     attn.heads, attn.to_q.out_features))
+    return tuple(layers)
+
+
+def probability_layers(attention: tuple[AttentionLayer, ...], steps: int, replay: str, budget_bytes: int,
+                       element_bytes: int) -> frozenset[str]:
+    """Self-attention layers whose reference run stores probabilities instead of query/key.
+
+    ``replay``: "query_key" (none), "probabilities" (all), or "auto": the layers where the
+    probabilities take no more memory than query and key (heads * tokens <= 2 * channels, the
+    coarse layers), and every layer when the whole store fits in ``budget_bytes``.
+    """
+    if replay == "query_key":
+        return frozenset()
+    self_layers = [layer for layer in attention if layer.is_self]
+    every = steps * element_bytes * sum(layer.probability_elements for layer in self_layers)
+    if replay == "probabilities" or every <= budget_bytes:
+        return frozenset(layer.name for layer in self_layers)
+    return frozenset(layer.name for layer in self_layers if layer.probability_elements <= layer.query_key_elements)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelShapes:
@@ -55,11 +90,6 @@ class ModelShapes:
 
     @classmethod
     def from_modules(cls, unet: torch.nn.Module, vae: torch.nn.Module, resolution: int) -> ModelShapes:
-        layers = []
-        for name in attention_layer_names(unet):
-            attn = unet.get_submodule(name)
-            layers.append(AttentionLayer(name, name.endswith("attn1"), layer_grid_side(unet, name, resolution) ** 2,
-                                         attn.heads, attn.to_q.out_features))
         return cls(
             unet_channels=tuple(unet.config.block_out_channels),
             unet_layers=int(unet.config.layers_per_block),
@@ -68,7 +98,7 @@ class ModelShapes:
             vae_layers=int(vae.config.layers_per_block),
             latent_channels=int(vae.config.latent_channels),
             resolution=resolution,
-            attention=tuple(layers),
+            attention=attention_shapes(unet, resolution),
         )
 
 
@@ -190,9 +220,9 @@ def store_bytes(shapes: ModelShapes, element_bytes: int, steps: int, probability
         if not layer.is_self:
             total += layer.tokens * layer.channels
         elif layer.name in probability_layers:
-            total += layer.heads * layer.tokens**2
+            total += layer.probability_elements
         else:
-            total += 2 * layer.tokens * layer.channels
+            total += layer.query_key_elements
     return steps * total * element_bytes
 
 

@@ -42,8 +42,7 @@ class EmerDiffSegmenter:
         # are cast here, so the prompt, the latents and the weights always agree). The VAE always runs
         # in float32: decoded images are compared pixel by pixel (spec, determinism conventions), and
         # SD's VAE overflows in float16 on some images.
-        vae = parts.vae if parts.vae.dtype == torch.float32 else parts.vae.float()
-        self.vae = vae.to(device).eval().requires_grad_(False)
+        self.vae = _on(parts.vae, device, torch.float32).eval().requires_grad_(False)
         unet = _on(parts.unet, device, dtype).eval().requires_grad_(False)
         text_encoder = _on(parts.text_encoder, device, dtype).eval().requires_grad_(False)
         if dtype == torch.bfloat16:

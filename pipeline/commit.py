@@ -22,7 +22,7 @@ from pipeline.storage import create_exclusive, is_local, replace_file
 from pipeline.writer import ParquetShardWriter
 from schemas.layout import OutputLayout
 from schemas.markers import STATUS_DONE, ShardMarker, manifest_row_done, manifest_table
-from schemas.reading import load_markers
+from schemas.reading import load_manifest, load_markers
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def remove_uncommitted(layout: OutputLayout, names: Iterable[str]) -> None:
 
 def write_job_record(layout: OutputLayout, record: dict) -> None:
     """``_job.json``; read back with ``schemas.reading.load_job``."""
-    replace_file(layout.fs, layout.job_path, json.dumps(record, indent=1, sort_keys=True).encode())
+    _write_json(layout, layout.job_path, record)
 
 
 def clear_output(layout: OutputLayout) -> None:
@@ -106,11 +106,8 @@ def remove_success(layout: OutputLayout) -> None:
 
 def read_manifest_rows(layout: OutputLayout) -> dict[str, dict]:
     """The done rows of the output's ``_manifest.parquet`` by shard; empty when there is none."""
-    try:
-        with layout.fs.open(layout.manifest_path, "rb") as file:
-            rows = pq.read_table(file).to_pylist()
-    except FileNotFoundError:
-        return {}
+    manifest = load_manifest(layout)
+    rows = [] if manifest is None else manifest.to_pylist()
     return {row["shard"]: row for row in rows if row["status"] == STATUS_DONE}
 
 
@@ -144,9 +141,13 @@ def write_manifest(layout: OutputLayout, done: Iterable[str], committed: Mapping
 
 def write_success(layout: OutputLayout, done_rows: list[dict]) -> None:
     """``_SUCCESS``: every input shard is done; totals over the output."""
-    replace_file(layout.fs, layout.success_path, json.dumps({
+    _write_json(layout, layout.success_path, {
         "finished_at": now(),
         "shards": len(done_rows),
         "rows": sum(row["rows"] for row in done_rows),
         "errors": sum(row["errors"] for row in done_rows),
-    }, indent=1, sort_keys=True).encode())
+    })
+
+
+def _write_json(layout: OutputLayout, path: str, value: dict) -> None:
+    replace_file(layout.fs, path, json.dumps(value, indent=1, sort_keys=True).encode())

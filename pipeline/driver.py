@@ -109,9 +109,12 @@ def check_output(layout: OutputLayout, job: LabelJobConfig, markers: Iterable[st
     previous = load_job(layout)
     if job.overwrite:
         return previous
-    holds_labels = bool(markers) or bool(layout.list_data_files())
+
+    def holds_labels() -> bool:  # lists data/ only when the answer matters and no marker settles it
+        return bool(markers) or bool(layout.list_data_files())
+
     if previous is None:
-        if holds_labels:
+        if holds_labels():
             raise JobRefused(
                 f"{redact_url(job.output)} holds labels but no _job.json, so it cannot be resumed safely. "
                 "Choose another --output, or pass --overwrite to delete them and start over."
@@ -123,7 +126,7 @@ def check_output(layout: OutputLayout, job: LabelJobConfig, markers: Iterable[st
         differences.append(f"method config (config_hash {previous.get('config_hash')} -> {job.method.config_hash}: {detail})")
     if previous.get("model") != redact_url(job.model):
         differences.append(f"model ({previous.get('model')!r} -> {redact_url(job.model)!r})")
-    if differences and not holds_labels:
+    if differences and not holds_labels():
         logger.info("%s has no labelled shard yet; starting it again with the new settings", redact_url(job.output))
         return None
     if differences:
@@ -157,12 +160,15 @@ class JobSummary:
     output: str
     shards: int  # input shards
     skipped: int  # done before this run
-    labelled: int = 0
     committed: dict[str, ShardMarker] = dataclasses.field(default_factory=dict)  # this run's, by shard
     failed: dict[str, ShardFailed] = dataclasses.field(default_factory=dict)
     stats: ShardStats = dataclasses.field(default_factory=ShardStats)  # this run's shards, added up
     per_worker: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
     wall_seconds: float = 0.0
+
+    @property
+    def labelled(self) -> int:
+        return len(self.committed)
     interrupted: bool = False
 
     @property
@@ -273,7 +279,6 @@ def _record_event(event: Event, layout: OutputLayout, record: dict, summary: Job
         _check_weights(event.model_info, layout, record)
     elif isinstance(event, ShardDone):
         marker = event.marker
-        summary.labelled += 1
         summary.committed[marker.shard] = marker
         summary.stats = summary.stats + marker.stats
         summary.per_worker[marker.worker] = summary.per_worker.get(marker.worker, ShardStats()) + marker.stats

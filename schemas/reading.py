@@ -62,11 +62,22 @@ def load_markers(layout: OutputLayout, names: Sequence[str] | None = None) -> li
     return [ShardMarker.from_json(contents[path]) for path in paths]
 
 
+def load_manifest(layout: OutputLayout) -> pa.Table | None:
+    """The ``_manifest.parquet`` table written at the end of the last run; None when there is none."""
+    try:
+        with layout.fs.open(layout.manifest_path, "rb") as file:
+            return pq.read_table(file)
+    except FileNotFoundError:
+        return None
+
+
 def read_manifest(output_url: str, storage_options: dict | None = None) -> pa.Table:
-    """The ``_manifest.parquet`` table written at the end of the last run."""
+    """The ``_manifest.parquet`` table written at the end of the last run; FileNotFoundError when there is none."""
     layout = OutputLayout(output_url, storage_options)
-    with layout.fs.open(layout.manifest_path, "rb") as file:
-        return pq.read_table(file)
+    manifest = load_manifest(layout)
+    if manifest is None:
+        raise FileNotFoundError(f"{output_url} has no {layout.manifest_path.rsplit('/', 1)[-1]}")
+    return manifest
 
 
 def committed_data_files(output_url: str, storage_options: dict | None = None) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 # The same seeding the method uses for its per-image masks (spec step 4).
-from emerdiff.config import positive_int_problem
+from emerdiff.config import non_negative_int_problem, positive_int_problem
 from emerdiff.kmeans import kmeans_plus_plus
 from pipeline.config import option
 
@@ -38,8 +38,8 @@ class KMeansConfig:
         for name in ("num_clusters", "batch_size", "epochs"):
             if problem := positive_int_problem(name, getattr(self, name)):
                 raise ValueError(problem)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if problem := non_negative_int_problem("seed", self.seed):
+            raise ValueError(problem)
 
 
 class MiniBatchKMeans:

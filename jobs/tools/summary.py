@@ -17,7 +17,7 @@ from schemas.labels import STATUS_OK, error_reason
 from schemas.layout import OutputLayout
 from schemas.shards import expand_shards, shard_name
 from schemas.markers import STATUS_FAILED, ShardMarker, ShardStats
-from schemas.reading import iter_batches, read_job, read_manifest, read_markers
+from schemas.reading import iter_batches, load_manifest, read_job, read_markers
 
 MAX_SHARD_LINES = 20  # more shards than this: only the slowest are listed one per line
 _JOB_FACTS = ("model", "weights_sha256", "config", "config_hash", "schema_version", "code_version", "started_at")
@@ -69,7 +69,7 @@ def summarise(output: str, storage_options: dict | None = None) -> OutputSummary
         raise ValueError(str(error)) from None
     done = read_markers(output, storage_options)
     done_names = {marker.shard for marker in done}
-    failed = _failed_shards(layout, output, storage_options, done_names)
+    failed = _failed_shards(layout, done_names)
     pending, note = _pending_shards(job, storage_options, done_names | set(failed))
     totals = sum((marker.stats for marker in done), ShardStats())
     return OutputSummary(
@@ -86,11 +86,10 @@ def summarise(output: str, storage_options: dict | None = None) -> OutputSummary
     )
 
 
-def _failed_shards(layout: OutputLayout, output: str, storage_options, done: set[str]) -> dict[str, str]:
-    if not layout.fs.exists(layout.manifest_path):
-        return {}
-    manifest = read_manifest(output, storage_options).to_pylist()
-    return {row["shard"]: row["error"] for row in manifest if row["status"] == STATUS_FAILED and row["shard"] not in done}
+def _failed_shards(layout: OutputLayout, done: set[str]) -> dict[str, str]:
+    manifest = load_manifest(layout)
+    rows = [] if manifest is None else manifest.to_pylist()
+    return {row["shard"]: row["error"] for row in rows if row["status"] == STATUS_FAILED and row["shard"] not in done}
 
 
 def _pending_shards(job: dict, storage_options, accounted: set[str]) -> tuple[list[str] | None, str | None]:

@@ -439,13 +439,13 @@ def test_a_batch_gives_what_each_image_gives_alone(tiny_segmenter, photos):
 
 
 def test_auto_replay_keeps_probabilities_only_where_they_are_small(tiny_model, tiny_config):
-    from emerdiff.attention import probability_layers
+    from emerdiff.planning import attention_shapes, probability_layers
 
-    unet = _segmenter(tiny_model, tiny_config).denoiser.unet
+    layers = attention_shapes(_segmenter(tiny_model, tiny_config).denoiser.unet, 128)
     # Tiny UNet (2 heads) at 128 px, 16x16 latent. Probabilities take heads * N^2 values, query and
     # key 2 * N * channels: at 8x8 tokens (N = 64, 32 channels) 2 * 64 > 2 * 32, too big; at 4x4
     # (N = 16, 64 channels) 2 * 16 <= 2 * 64 and at 2x2 (N = 4) likewise, so those keep probabilities.
-    chosen = probability_layers(unet, 128, 15, "auto", budget_bytes=0, element_bytes=4)
+    chosen = probability_layers(layers, 15, "auto", budget_bytes=0, element_bytes=4)
     assert chosen == {
         "down_blocks.2.attentions.0.transformer_blocks.0.attn1",
         "down_blocks.2.attentions.1.transformer_blocks.0.attn1",
@@ -454,5 +454,5 @@ def test_auto_replay_keeps_probabilities_only_where_they_are_small(tiny_model, t
         "up_blocks.1.attentions.1.transformer_blocks.0.attn1",
         "up_blocks.1.attentions.2.transformer_blocks.0.attn1",
     }
-    assert len(probability_layers(unet, 128, 15, "auto", budget_bytes=10**12, element_bytes=4)) == 16
-    assert probability_layers(unet, 128, 15, "query_key", budget_bytes=10**12, element_bytes=4) == frozenset()
+    assert len(probability_layers(layers, 15, "auto", budget_bytes=10**12, element_bytes=4)) == 16
+    assert probability_layers(layers, 15, "query_key", budget_bytes=10**12, element_bytes=4) == frozenset()
