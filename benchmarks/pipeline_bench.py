@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -49,6 +48,7 @@ from PIL import Image
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.images import to_rgb
 from benchmarks.models import save_random_model
+from benchmarks.report import run_and_report
 from emerdiff.tiny import tiny_model_dir
 from jobs.tools.image_shards import ShardsConfig, make_shards
 from pipeline.config import LabelJobConfig
@@ -367,12 +367,7 @@ def print_table(report: dict) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    args = parse_args(argv)
-    report = run(args)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"\nwrote {args.json}")
+    run_and_report(run, print_table, parse_args(argv))
     return 0
 
 

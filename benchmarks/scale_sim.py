@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import cProfile
 import io
-import json
 import logging
 import math
 import multiprocessing
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.report import run_and_report
 from emerdiff import EmerDiffConfig, Segmentation
 from emerdiff.segmentation import segment_statistics
 from pipeline.config import LabelJobConfig
@@ -499,12 +499,7 @@ def print_table(report: dict) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    report = run(args)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"\nwrote {args.json}")
+    report = run_and_report(run, print_table, parse_args(argv))
     output = report["output"]
     complete = all(output[f"one_{kind}_per_shard"] for kind in ("marker", "data_file", "manifest_row"))
     complete = complete and output["success"] and report["resume"]["pending"] == 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import logging
 import resource
 import statistics
@@ -36,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from benchmarks.models import random_parts
+from benchmarks.report import run_and_report
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.config import Compile, Replay
 from emerdiff.reference import ReferenceEmerDiff
@@ -470,12 +470,7 @@ def print_counts(counts: dict) -> None:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    args = parse_args(argv)
-    report = run(args)
-    print_table(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"\nwrote {args.json}")
+    run_and_report(run, print_table, parse_args(argv))
     return 0
 
 

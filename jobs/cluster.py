@@ -14,37 +14,28 @@ Deterministic for a --seed. `emerdiff export --clusters DIR` exports with these 
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.command import Command
 from jobs.tools.clustering import ClusterJob, cluster_output
 from jobs.tools.export_png import export_png
-from jobs.tools.kmeans import KMeansConfig
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, ClusterJob)
-    add_config_arguments(parser, KMeansConfig)
-    parser.add_argument("--png", action="store_true", help="Also write relabelled label maps, DIR/ann_dir/<key>.png.")
-    add_storage_arguments(parser)
+def _cluster(job: ClusterJob) -> dict:
+    summary = cluster_output(job)
+    if job.png:
+        export_png(job.output, job.destination, job.storage_options, class_table=job.destination)
+    return summary
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        kmeans = KMeansConfig(**config_values(KMeansConfig, args))
-        job = ClusterJob(**config_values(ClusterJob, args), kmeans=kmeans, storage_options=args.storage_options)
-        summary = cluster_output(job)
-        if args.png:
-            export_png(job.output, job.destination, job.storage_options, class_table=job.destination)
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
-    logger.info("%d segments in %d classes written to %s", summary["num_segments"], kmeans.num_clusters, job.destination)
-    return 0
+def _report(job: ClusterJob, summary: dict) -> None:
+    logger.info("%d segments in %d classes written to %s", summary["num_segments"], job.kmeans.num_clusters, job.destination)
 
+
+COMMAND = Command(ClusterJob, _cluster, _report)
+add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":
     from jobs.cli import exit_cleanly, run_module

@@ -12,34 +12,16 @@ Ground truth is <key>.seg.png in WebDataset shards (class ids, --ignore-index fo
 
 from __future__ import annotations
 
-import argparse
-import logging
-
-from jobs.options import add_config_arguments, add_report_argument, add_storage_arguments, config_values
-from jobs.tools.evaluation import EvaluationConfig, evaluate
-from jobs.tools.reports import write_json
-
-logger = logging.getLogger(__name__)
+from jobs.command import Command
+from jobs.tools.evaluation import EvaluationConfig, EvaluationReport, evaluate
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, EvaluationConfig)
-    add_report_argument(parser, "scores (mIoU and accuracy in percent)")
-    add_storage_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = EvaluationConfig(**config_values(EvaluationConfig, args), storage_options=args.storage_options)
-        report = evaluate(config)
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
+def _report(config: EvaluationConfig, report: EvaluationReport) -> None:
     print(report.table())
-    if args.json:
-        write_json(args.json, report.to_dict(), args.storage_options)
-    return 0
 
+
+COMMAND = Command(EvaluationConfig, evaluate, _report, json="scores (mIoU and accuracy in percent)")
+add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":
     from jobs.cli import exit_cleanly, run_module

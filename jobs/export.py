@@ -12,30 +12,20 @@ dataset-wide classes (png, coco) or an extra class_labels column (hf).
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.command import Command
 from jobs.tools.export import ExportConfig, export
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, ExportConfig)
-    add_storage_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = ExportConfig(**config_values(ExportConfig, args), storage_options=args.storage_options)
-        count = export(config)
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
+def _report(config: ExportConfig, count: int) -> None:
     logger.info("exported %d %s to %s", count, "annotations" if config.file_format == "coco" else "rows", config.destination)
-    return 0
 
+
+COMMAND = Command(ExportConfig, export, _report)
+add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":
     from jobs.cli import exit_cleanly, run_module

@@ -7,9 +7,10 @@ Shards can also be listed in text files, one URL (or pattern) per line: --input-
 Without --address (or RAY_ADDRESS) a local Ray starts; under `ray job submit` the job joins the
 cluster. Rerun the same command to resume: shards with a marker in OUTPUT/_markers/ are skipped.
 Output: OUTPUT/data/<shard>.parquet (one row per sample), OUTPUT/_manifest.parquet, OUTPUT/_SUCCESS.
-One job at a time writes an output: a second one on the same --output is refused (exit 2) naming
+One job at a time writes an output: a second one on the same --output is refused (exit 3) naming
 the job that holds it, or waits with --lease-wait. Exit status: 0 all shards done, 1 some shard
-failed (or the output was taken over), 2 refused (bad options, incompatible or busy output),
+failed, 2 bad options or inputs, 3 output refused (another model or config, or busy), 4 output
+taken over by another job mid-run, 5 the job could not run (Ray, model loading, dying actors),
 130 interrupted.
 """
 
@@ -26,6 +27,7 @@ from jobs.options import (
     add_config_arguments, add_method_arguments, add_model_arguments, add_storage_arguments, config_from_args, config_values,
 )
 from pipeline.config import LabelJobConfig
+from pipeline.tasks import ExitStatus
 from schemas.urls import read_list_file
 
 logger = logging.getLogger("jobs.label")
@@ -107,20 +109,27 @@ def run(args: argparse.Namespace) -> int:
         job = job_from_args(args)
         if job.dry_run:
             print(plan_job(job).format())
-            return 0
+            return ExitStatus.OK
         with _sigterm_as_interrupt():
             summary = run_job(job)
-    except (JobRefused, LeaseHeld, ValueError, FileNotFoundError, JobError) as error:
-        logger.error("%s", error)
-        return 2
+    except (ValueError, FileNotFoundError) as error:
+        return _failed(error, ExitStatus.USAGE)
+    except (JobRefused, LeaseHeld) as error:
+        return _failed(error, ExitStatus.REFUSED)
     except LeaseLost as error:  # another job took the output over: this one's work stops uncommitted
-        logger.error("%s", error)
-        return 1
+        return _failed(error, ExitStatus.TAKEN_OVER)
+    except JobError as error:
+        return _failed(error, ExitStatus.FAILED)
     except KeyboardInterrupt:  # before any shard started; run_job handles it afterwards
-        return 130
+        return ExitStatus.INTERRUPTED
     print(summary.format())
     sys.stdout.flush()
     return summary.exit_code
+
+
+def _failed(error: Exception, status: ExitStatus) -> ExitStatus:
+    logger.error("%s", error)
+    return status
 
 
 if __name__ == "__main__":

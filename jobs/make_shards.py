@@ -12,33 +12,23 @@ stored as <key>.seg.png (class ids, 255 = ignore), so an evaluation set travels 
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from jobs.options import add_config_arguments, add_storage_arguments, config_values
-from jobs.tools.image_shards import ShardsConfig, make_shards
+from jobs.command import Command
+from jobs.tools.image_shards import ShardsConfig, ShardsSummary, make_shards
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, ShardsConfig)
-    add_storage_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = ShardsConfig(**config_values(ShardsConfig, args), storage_options=args.storage_options)
-        summary = make_shards(config)
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
+def _report(config: ShardsConfig, summary: ShardsSummary) -> None:
     logger.info(
         "wrote %d samples (%d with ground truth) in %d shard(s) to %s",
         summary.samples, summary.with_ground_truth, len(summary.shards), config.output,
     )
-    return 0
 
+
+COMMAND = Command(ShardsConfig, make_shards, _report)
+add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":
     from jobs.cli import exit_cleanly, run_module

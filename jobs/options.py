@@ -4,7 +4,8 @@ A field becomes a flag when its metadata has ``help`` (``pipeline.config.option`
 ``EmerDiffConfig`` fields carry the same metadata): ``--kebab-case`` of its name unless the
 metadata names it, its type and choices from the annotation, its default shown in the help.
 Every flag defaults to None, so a flag not given leaves the dataclass default (or a ``--config``
-file's value) in place: ``config_values`` returns only what was given.
+file's value) in place: ``config_values`` returns only what was given. A field declared with
+``nested()`` holds another such dataclass: its flags are added too, and ``build_config`` builds it.
 """
 
 from __future__ import annotations
@@ -14,21 +15,42 @@ import dataclasses
 import json
 import types
 import typing
+from typing import Any
 
 from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
 
 
+def nested(title: str) -> Any:
+    """A config field holding another config dataclass whose flags join the command's, under ``title``."""
+    return dataclasses.field(metadata={"nested": title})
+
+
 def add_config_arguments(parser, cls: type, title: str | None = None) -> None:
-    """Add one argument per flag field of the dataclass ``cls`` (in a group when ``title`` is given)."""
+    """Add one argument per flag field of the dataclass ``cls`` (in a group when ``title`` is given),
+    and those of its ``nested`` configs."""
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for field in flag_fields(cls):
         names, settings = _argument(field, hints[field.name])
         group.add_argument(*names, **settings)
+    for field, inner in _nested_fields(cls):
+        add_config_arguments(parser, inner, title=field.metadata["nested"])
 
 
 def flag_fields(cls: type) -> list[dataclasses.Field]:
     return [field for field in dataclasses.fields(cls) if "help" in field.metadata]
+
+
+def build_config(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """``cls`` from the flags given in ``args`` (nested configs too), plus ``fixed`` values; raises
+    ValueError (from the dataclasses' own checks) on bad values."""
+    nested_values = {field.name: build_config(inner, args) for field, inner in _nested_fields(cls)}
+    return cls(**config_values(cls, args), **nested_values, **fixed)
+
+
+def _nested_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    hints = typing.get_type_hints(cls)
+    return [(field, hints[field.name]) for field in dataclasses.fields(cls) if "nested" in field.metadata]
 
 
 def config_values(cls: type, args: argparse.Namespace) -> dict:

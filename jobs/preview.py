@@ -10,30 +10,20 @@ that). The page has no script and no external link: it opens offline.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from jobs.options import add_config_arguments, add_storage_arguments, config_values
-from jobs.tools.gallery import PreviewConfig, write_preview
+from jobs.command import Command
+from jobs.tools.gallery import PreviewConfig, RowSample, write_preview
 
 logger = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, PreviewConfig)
-    add_storage_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        config = PreviewConfig(**config_values(PreviewConfig, args), storage_options=args.storage_options)
-        sample = write_preview(config)
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
+def _report(config: PreviewConfig, sample: RowSample) -> None:
     logger.info("wrote %s: %d of %d ok rows, %d error rows", config.destination, len(sample.picked), sample.ok, sample.failed)
-    return 0
 
+
+COMMAND = Command(PreviewConfig, write_preview, _report)
+add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":
     from jobs.cli import exit_cleanly, run_module

@@ -14,6 +14,7 @@ import sys
 
 from jobs.options import add_config_arguments, add_method_arguments, add_model_arguments, config_from_args, config_values
 from jobs.tools.segment_files import SegmentFilesConfig, segment_files
+from pipeline.tasks import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
         segmenter = EmerDiffSegmenter.from_pretrained(
             args.model, config=method, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
         )
-    except (ModelLoadError, ValueError, OSError) as error:
+    except (ValueError, OSError) as error:
         print(f"emerdiff segment: error: {error}", file=sys.stderr)
-        return 2
-    return 1 if segment_files(segmenter, files) else 0
+        return ExitStatus.USAGE
+    except ModelLoadError as error:
+        print(f"emerdiff segment: error: {error}", file=sys.stderr)
+        return ExitStatus.FAILED
+    return ExitStatus.PARTIAL if segment_files(segmenter, files) else ExitStatus.OK
 
 
 if __name__ == "__main__":

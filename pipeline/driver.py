@@ -26,7 +26,7 @@ from pipeline.config import LabelJobConfig
 from pipeline.distributors import JobError, ProgressCallback, ShardQueue, run_locally, run_on_ray
 from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
-from pipeline.tasks import Event, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
+from pipeline.tasks import Event, ExitStatus, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
 from schemas.labels import SCHEMA_VERSION
 from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats, manifest_row_failed
@@ -166,16 +166,17 @@ class JobSummary:
     per_worker: dict[str, ShardStats] = dataclasses.field(default_factory=dict)
     wall_seconds: float = 0.0
 
-    @property
-    def labelled(self) -> int:
-        return len(self.committed)
     interrupted: bool = False
 
     @property
-    def exit_code(self) -> int:
+    def labelled(self) -> int:
+        return len(self.committed)
+
+    @property
+    def exit_code(self) -> ExitStatus:
         if self.interrupted:
-            return 130
-        return 1 if self.failed else 0
+            return ExitStatus.INTERRUPTED
+        return ExitStatus.PARTIAL if self.failed else ExitStatus.OK
 
     def format(self) -> str:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.stats.error_reasons.items()))

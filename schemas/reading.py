@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.labels import STATUS_OK, parse_file_metadata
-from schemas.layout import OutputLayout
+from schemas.layout import JOB_FILE, MANIFEST_FILE, OutputLayout
 from schemas.markers import ShardMarker
 
 # -- the bookkeeping files -------------------------------------------------------------------------
@@ -39,10 +39,7 @@ def load_job(layout: OutputLayout) -> dict | None:
 def read_job(output_url: str, storage_options: dict | None = None) -> dict:
     """The ``_job.json`` of an output; FileNotFoundError (saying so) when there is none."""
     layout = OutputLayout(output_url, storage_options)
-    job = load_job(layout)
-    if job is None:
-        raise FileNotFoundError(f"{output_url} is not a labelling output: it has no {layout.job_path.rsplit('/', 1)[-1]}")
-    return job
+    return _required(load_job(layout), f"{output_url} is not a labelling output: it has no {JOB_FILE}")
 
 
 def read_markers(output_url: str, storage_options: dict | None = None) -> list[ShardMarker]:
@@ -74,10 +71,13 @@ def load_manifest(layout: OutputLayout) -> pa.Table | None:
 def read_manifest(output_url: str, storage_options: dict | None = None) -> pa.Table:
     """The ``_manifest.parquet`` table written at the end of the last run; FileNotFoundError when there is none."""
     layout = OutputLayout(output_url, storage_options)
-    manifest = load_manifest(layout)
-    if manifest is None:
-        raise FileNotFoundError(f"{output_url} has no {layout.manifest_path.rsplit('/', 1)[-1]}")
-    return manifest
+    return _required(load_manifest(layout), f"{output_url} has no {MANIFEST_FILE}")
+
+
+def _required(loaded, missing: str):
+    if loaded is None:
+        raise FileNotFoundError(missing)
+    return loaded
 
 
 def committed_data_files(output_url: str, storage_options: dict | None = None) -> list[str]:

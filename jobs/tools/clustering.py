@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
+from jobs.options import nested
 from jobs.tools.kmeans import KMeansConfig, MiniBatchKMeans
 from pipeline.config import option, output_option
 from schemas.reading import flatten_segments, iter_batches
@@ -82,10 +83,11 @@ def relabel(labels: np.ndarray, lookup: np.ndarray, key: str) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class ClusterJob:
     output: str = output_option()
-    kmeans: KMeansConfig
+    kmeans: KMeansConfig = nested("k-means")
     # The class table folder; see the module docstring.
     destination: str | None = option(
         None, "Class table folder (default: OUTPUT-classes<C>, beside the output).", name="--out", metavar="DIR")
+    png: bool = option(False, "Also write the label maps relabelled to classes, DIR/ann_dir/<key>.png.")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

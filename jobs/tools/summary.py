@@ -26,6 +26,7 @@ _JOB_FACTS = ("model", "weights_sha256", "config", "config_hash", "schema_versio
 @dataclasses.dataclass(frozen=True)
 class InspectConfig:
     output: str = output_option()
+    storage_options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +61,9 @@ class OutputSummary:
         }
 
 
-def summarise(output: str, storage_options: dict | None = None) -> OutputSummary:
+def summarise(config: InspectConfig) -> OutputSummary:
     """Raises ValueError when the URL is not a labelling output."""
+    output, storage_options = config.output, config.storage_options
     layout = OutputLayout(output, storage_options)
     try:
         job = read_job(output, storage_options)

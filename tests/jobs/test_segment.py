@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from jobs.cli import run_module
+from pipeline.tasks import ExitStatus
 
 
 def test_writes_labels_overlay_and_json_for_a_real_photo(tiny_model, tmp_path, photos, capsys):
@@ -39,9 +40,9 @@ def test_a_missing_image_is_a_usage_error(tmp_path, capsys):
     assert "no such image file(s)" in capsys.readouterr().err
 
 
-def test_a_bad_model_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+def test_a_model_that_cannot_load_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     photo = tmp_path / "p.png"
     Image.new("RGB", (8, 8)).save(photo)
     code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tmp_path / "missing")])
-    assert code == 2
+    assert code == ExitStatus.FAILED
     assert "neither an existing file or folder nor a Hub id" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from label_helpers import write_shards
 from pipeline.driver import run_job
 from pipeline.lease import LeaseHeld, LeaseLost, LeaseRecord, OutputLease, read_lease
 from pipeline.labeler import ShardLabeler
-from pipeline.tasks import ShardTask
+from pipeline.tasks import ExitStatus, ShardTask
 from pipeline.storage import create_exclusive
 from pipeline.writer import ParquetShardWriter
 from schemas.labels import labels_schema
@@ -157,7 +157,7 @@ def test_a_second_cli_job_is_refused_with_the_holder_named_and_changes_nothing(t
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
         assert sorted(p.name for p in output.iterdir()) == before == ["_lease.json"]
         assert read_lease(OutputLayout(str(output))) == lease.record  # still the first job's
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == ExitStatus.REFUSED, result.stderr
     assert f"is being written by job {lease.record.job_id} (pid {os.getpid()}" in result.stderr
     assert "--lease-wait" in result.stderr and "Traceback" not in result.stderr
 
