@@ -4,6 +4,11 @@ Only committed shards count: a data file whose marker is missing belongs to a sh
 interrupted and will be rewritten, so every reader here skips it. The driver reads ``_job.json``
 and the markers through the same functions (``load_job``, ``load_markers``).
 
+A row is identified by its shard's name and its position in that shard's data file (``ROW``), never
+by its key alone: keys repeat (two shards may both hold ``img0001``; since a key seen again far
+apart in one tar is another sample, one shard may hold two rows with one key). Rows are in tar
+order, one per input sample, so the position is also the sample's position in its input shard.
+
 Segment embeddings are most of a data file's bytes (1280 float16 values per segment for SD), so
 ``iter_batches`` and ``read_rows`` can select single fields of ``segments`` ("segments.id") and
 ``flatten_segments`` hands a batch's segments over as numpy arrays instead of Python lists.
@@ -23,6 +28,8 @@ import pyarrow.parquet as pq
 from schemas.labels import STATUS_OK, parse_file_metadata
 from schemas.layout import JOB_FILE, MANIFEST_FILE, OutputLayout
 from schemas.markers import ShardMarker
+
+ROW = "row"  # the column ``iter_batches(positions=True)`` adds: a row's position in its shard's data file
 
 # -- the bookkeeping files -------------------------------------------------------------------------
 
@@ -108,21 +115,28 @@ def iter_rows(output_url: str, columns: Sequence[str] | None = None, storage_opt
 
 
 def iter_batches(output_url: str, columns: Sequence[str] | None, storage_options: dict | None = None,
-                 batch_size: int = 256, ok_only: bool = False) -> Iterator[tuple[str, pa.RecordBatch]]:
+                 batch_size: int = 256, ok_only: bool = False, positions: bool = False,
+                 shards: Sequence[str] | None = None) -> Iterator[tuple[str, pa.RecordBatch]]:
     """(shard name, record batch) over every done shard, shards by name, rows in input order.
 
     ``columns`` names top-level columns and single segment fields as "segments.<field>" (the
     batch then has a ``segments`` column holding only those fields); None reads every column.
-    ``ok_only`` drops error rows.
+    ``ok_only`` drops error rows. ``positions`` adds the column ``ROW``: each row's position in
+    its shard's data file, which with the shard name identifies it. ``shards`` limits the read
+    to those done shards.
     """
     layout = OutputLayout(output_url, storage_options)
     if columns is not None and ok_only and "status" not in columns:
         columns = [*columns, "status"]
-    for name in layout.list_markers():
+    for name in layout.list_markers() if shards is None else shards:
         with layout.fs.open(layout.data_path(name), "rb") as file:
             parquet = pq.ParquetFile(file)
             leaves = None if columns is None else parquet_columns(parquet, columns)
+            start = 0
             for batch in parquet.iter_batches(batch_size=batch_size, columns=leaves):
+                if positions:
+                    batch = batch.append_column(ROW, pa.array(np.arange(start, start + len(batch), dtype=np.int64)))
+                start += len(batch)
                 yield name, _ok_rows(batch) if ok_only else batch
 
 

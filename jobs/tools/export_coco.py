@@ -16,16 +16,16 @@ from fsspec.core import url_to_fs
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from jobs.tools.clustering import ClassTable, read_class_table
+from schemas.classes import ClassTable
 from schemas.labels import decode_label_png
-from schemas.reading import flatten_segments, iter_batches
+from schemas.reading import ROW, flatten_segments, iter_batches
 
 ANNOTATION_FILE = "annotations.json"
 
 
 def export_coco(output: str, destination: str, storage_options: dict, class_table: str | None = None) -> int:
     """Write ``DESTINATION/annotations.json``; returns the number of annotations."""
-    classes = read_class_table(class_table, storage_options) if class_table else None
+    classes = ClassTable(class_table, storage_options) if class_table else None
     fs, root = url_to_fs(destination, **storage_options)
     fs.makedirs(root, exist_ok=True)
     header = {
@@ -45,7 +45,7 @@ def export_coco(output: str, destination: str, storage_options: dict, class_tabl
 def categories(classes: ClassTable | None) -> list[dict]:
     if classes is None:
         return [{"id": 1, "name": "segment", "supercategory": "segment"}]
-    return [{"id": c + 1, "name": f"class_{c}", "supercategory": "class"} for c in range(classes.num_classes)]
+    return [{"id": c + 1, "name": classes.class_name(c), "supercategory": "class"} for c in range(classes.num_classes)]
 
 
 def _write_items(file, items: Iterator[dict]) -> int:
@@ -68,22 +68,23 @@ def _annotations(output: str, storage_options: dict, classes: ClassTable | None)
     image_id = annotation_id = 0
     columns = ["key", "labels", "segments.id", "segments.area", "segments.bbox", "segments.score"]
     with tqdm(desc="export coco", unit="img", disable=None) as bar:
-        for _, batch in iter_batches(output, columns, storage_options, ok_only=True):
+        for shard, batch in iter_batches(output, columns, storage_options, ok_only=True, positions=True):
             segments = flatten_segments(batch)
-            for row, (key, cell) in enumerate(zip(batch.column("key").to_pylist(), batch.column("labels").to_pylist())):
+            cells = zip(batch.column("labels").to_pylist(), batch.column(ROW).to_pylist())
+            for index, (cell, row) in enumerate(cells):
                 image_id += 1
                 labels = decode_label_png(cell["bytes"])
-                for annotation in _row_annotations(image_id, key, labels, segments.of_row(row), classes):
+                lookup = classes.lookup(shard, row) if classes is not None else None
+                for annotation in _row_annotations(image_id, labels, segments.of_row(index), lookup):
                     annotation_id += 1
                     yield {"id": annotation_id, **annotation}
                 bar.update(1)
 
 
-def _row_annotations(image_id: int, key: str, labels: np.ndarray, segments, classes: ClassTable | None) -> Iterator[dict]:
+def _row_annotations(image_id: int, labels: np.ndarray, segments, lookup: np.ndarray | None) -> Iterator[dict]:
     # pycocotools encodes an (H, W, n) Fortran-ordered uint8 stack in one call.
     masks = np.asfortranarray((labels[:, :, None] == segments.id[None, None, :]).astype(np.uint8))
     encoded = mask_utils.encode(masks)
-    lookup = classes.lookup(key) if classes is not None else None
     for index, rle in enumerate(encoded):
         segment_id = int(segments.id[index])
         yield {

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
-from jobs.tools.clustering import ClassTable, read_class_table, relabel
 from schemas.labels import (
     HF_FEATURES,
     IMAGE_STRUCT,
@@ -25,8 +24,9 @@ from schemas.labels import (
     decode_label_png,
     encode_label_png,
 )
+from schemas.classes import ClassTable, relabel
 from schemas.layout import OutputLayout
-from schemas.reading import iter_batches, output_metadata, read_markers
+from schemas.reading import ROW, iter_batches, output_metadata, read_markers
 
 COLUMNS = ["key", "width", "height", "labels", "lowres_labels", "num_segments", "segments"]
 SEGMENT_FIELDS_WITHOUT_EMBEDDING = ["segments.id", "segments.area", "segments.bbox", "segments.score"]
@@ -36,7 +36,7 @@ CLASS_COLUMN = "class_labels"  # with a class table: the label map in dataset-wi
 def export_huggingface(output: str, destination: str, storage_options: dict, class_table: str | None = None,
                        embeddings: bool = True) -> int:
     """Write the dataset folder; returns the number of rows. ``embeddings=False`` leaves them out."""
-    classes = read_class_table(class_table, storage_options) if class_table else None
+    classes = ClassTable(class_table, storage_options) if class_table else None
     layout = OutputLayout(output, storage_options)
     shards = layout.list_markers()
     if not shards:
@@ -45,14 +45,14 @@ def export_huggingface(output: str, destination: str, storage_options: dict, cla
     fs.makedirs(f"{root}/data", exist_ok=True)
     columns = COLUMNS if embeddings else [*COLUMNS[:-1], *SEGMENT_FIELDS_WITHOUT_EMBEDDING]
     rows = segments = 0
-    batches = iter_batches(output, columns, storage_options, ok_only=True)
+    batches = iter_batches(output, columns, storage_options, ok_only=True, positions=True)
     with tqdm(total=len(shards), desc="export hf", unit="shard", disable=None) as bar:
         for index, (_, shard_batches) in enumerate(itertools.groupby(batches, key=lambda item: item[0])):
             path = f"{root}/data/train-{index:05d}-of-{len(shards):05d}.parquet"
             with fs.open(path, "wb") as file:
                 writer = None
-                for _, batch in shard_batches:
-                    table = _dataset_batch(batch, classes)
+                for shard, batch in shard_batches:
+                    table = _dataset_batch(shard, batch, classes)
                     if writer is None:
                         writer = pq.ParquetWriter(file, _with_features(table.schema), compression="zstd")
                     writer.write_batch(table)
@@ -65,13 +65,15 @@ def export_huggingface(output: str, destination: str, storage_options: dict, cla
     return rows
 
 
-def _dataset_batch(batch: pa.RecordBatch, classes: ClassTable | None) -> pa.RecordBatch:
-    batch = batch.drop_columns(["status"])
+def _dataset_batch(shard: str, batch: pa.RecordBatch, classes: ClassTable | None) -> pa.RecordBatch:
+    rows = batch.column(ROW).to_pylist()
+    batch = batch.drop_columns(["status", ROW])
     if classes is None:
         return batch
     cells = [
-        {"bytes": encode_label_png(relabel(decode_label_png(cell["bytes"]), classes.lookup(key), key)), "path": None}
-        for key, cell in zip(batch.column("key").to_pylist(), batch.column("labels").to_pylist())
+        {"bytes": encode_label_png(relabel(decode_label_png(cell["bytes"]), classes.lookup(shard, row), f"row {row} of {shard}")),
+         "path": None}
+        for row, cell in zip(rows, batch.column("labels").to_pylist())
     ]
     return batch.append_column(pa.field(CLASS_COLUMN, IMAGE_STRUCT), pa.array(cells, IMAGE_STRUCT))
 

@@ -10,23 +10,24 @@ import posixpath
 from fsspec.core import url_to_fs
 from tqdm import tqdm
 
-from jobs.tools.clustering import ClassTable, read_class_table, relabel
+from schemas.classes import ClassTable, relabel
 from schemas.labels import decode_label_png, encode_label_png
-from schemas.reading import iter_batches
+from schemas.reading import ROW, iter_batches
 
 ANNOTATION_DIR = "ann_dir"
 
 
 def export_png(output: str, destination: str, storage_options: dict, class_table: str | None = None) -> int:
     """Write one PNG per ok row; returns how many. The stored PNG is copied unless relabelled."""
-    classes = read_class_table(class_table, storage_options) if class_table else None
+    classes = ClassTable(class_table, storage_options) if class_table else None
     fs, root = url_to_fs(destination, **storage_options)
     written = 0
     with tqdm(desc="export png", unit="img", disable=None) as bar:
-        for _, batch in iter_batches(output, ["key", "labels"], storage_options, ok_only=True):
+        for shard, batch in iter_batches(output, ["key", "labels"], storage_options, ok_only=True, positions=True):
             files = {}
-            for key, cell in zip(batch.column("key").to_pylist(), batch.column("labels").to_pylist()):
-                data = cell["bytes"] if classes is None else _relabelled(key, cell["bytes"], classes)
+            columns = (batch.column(name).to_pylist() for name in ("key", "labels", ROW))
+            for key, cell, row in zip(*columns):
+                data = cell["bytes"] if classes is None else _relabelled(cell["bytes"], classes, shard, row, key)
                 files[f"{root}/{ANNOTATION_DIR}/{file_stem(key)}.png"] = data
             for folder in {posixpath.dirname(path) for path in files}:
                 fs.makedirs(folder, exist_ok=True)  # keys with '/' become subfolders
@@ -44,5 +45,5 @@ def file_stem(key: str) -> str:
     return posixpath.join(*parts)
 
 
-def _relabelled(key: str, png: bytes, classes: ClassTable) -> bytes:
-    return encode_label_png(relabel(decode_label_png(png), classes.lookup(key), key))
+def _relabelled(png: bytes, classes: ClassTable, shard: str, row: int, key: str) -> bytes:
+    return encode_label_png(relabel(decode_label_png(png), classes.lookup(shard, row), f"row {key!r} of {shard}"))

@@ -26,7 +26,7 @@ from pipeline.config import LabelJobConfig, option, output_option
 from pipeline.decode import SampleError, decode_image, find_image
 from pipeline.sources import ShardReadError, ShardStream
 from schemas.labels import STATUS_OK, decode_label_png, error_reason
-from schemas.reading import iter_batches, output_metadata, read_job, read_rows
+from schemas.reading import ROW, iter_batches, output_metadata, read_job, read_rows
 
 ROW_COLUMNS = ["key", "shard", "width", "height", "labels", "lowres_labels", "num_segments",
                "segments.id", "segments.area", "segments.score"]
@@ -69,7 +69,7 @@ def write_preview(config: PreviewConfig) -> RowSample:
     sample = sample_rows(config)
     rows = _read_picked(config, sample.picked)
     photos = load_photos(config, rows) if config.with_images else {}
-    cards = [card_html(row, photos.get(row["key"]), config.thumbnail) for row in rows]
+    cards = [card_html(row, photos.get((row["shard"], row[ROW])), config.thumbnail) for row in rows]
     page = page_html(config.output, output_metadata(config.output, config.storage_options), sample, cards)
     fs, path = url_to_fs(config.destination, **config.storage_options)
     fs.pipe_file(path, page.encode())
@@ -111,48 +111,58 @@ def _reservoir_add(reservoir: list, item, seen: int, size: int, generator: rando
 
 
 def _read_picked(config: PreviewConfig, picked: list[tuple[str, int]]) -> list[dict]:
+    """The picked rows, each with its position in its data file as ``ROW``."""
     by_shard: dict[str, list[int]] = defaultdict(list)
     for shard, index in picked:
         by_shard[shard].append(index)
     return [
-        row
+        {**row, ROW: index}
         for shard, indices in by_shard.items()
-        for row in read_rows(config.output, shard, indices, ROW_COLUMNS, config.storage_options)
+        for index, row in zip(indices, read_rows(config.output, shard, indices, ROW_COLUMNS, config.storage_options))
     ]
 
 
 # -- photos from the input shards ----------------------------------------------------------------------
 
 
-def load_photos(config: PreviewConfig, rows: list[dict]) -> dict[str, Image.Image | str]:
-    """key -> RGB photo as the labeller saw it, or a message saying why there is none.
+def load_photos(config: PreviewConfig, rows: list[dict]) -> dict[tuple[str, int], Image.Image | str]:
+    """(input shard URL, row position) -> RGB photo as the labeller saw it, or a message saying why there is none.
 
-    Each input shard is streamed only up to the last wanted sample.
+    Row i of a data file is sample i of its input shard, so each shard is streamed only up to the
+    last wanted position.
     """
     extensions, max_pixels = _decode_options(config)
-    wanted: dict[str, set[str]] = defaultdict(set)
+    wanted: dict[str, dict[int, str]] = defaultdict(dict)
     for row in rows:
-        wanted[row["shard"]].add(row["key"])
-    photos: dict[str, Image.Image | str] = {}
+        wanted[row["shard"]][row[ROW]] = row["key"]
+    photos: dict[tuple[str, int], Image.Image | str] = {}
     for shard, keys in tqdm(wanted.items(), desc="reading photos", unit="shard", disable=None):
         try:
-            photos.update(_photos_of_shard(shard, keys, extensions, max_pixels, config.storage_options))
+            found = _photos_of_shard(shard, keys, extensions, max_pixels, config.storage_options)
         except ShardReadError as error:
-            photos.update({key: f"photo unavailable: {error}" for key in keys})
+            found = dict.fromkeys(keys, f"photo unavailable: {error}")
+        photos.update({(shard, index): photo for index, photo in found.items()})
     return photos
 
 
-def _photos_of_shard(shard: str, keys: set[str], extensions, max_pixels: int, storage_options: dict) -> dict:
-    found: dict[str, Image.Image | str] = {}
-    for sample in ShardStream(shard, storage_options):
-        if sample["__key__"] in keys:
-            try:
-                found[sample["__key__"]] = decode_image(find_image(sample, extensions), max_pixels)
-            except SampleError as error:
-                found[sample["__key__"]] = f"photo unavailable: {error}"
+def _photos_of_shard(shard: str, keys: dict[int, str], extensions, max_pixels: int, storage_options: dict) -> dict:
+    found: dict[int, Image.Image | str] = {}
+    for index, sample in enumerate(ShardStream(shard, storage_options)):
+        if index in keys:
+            found[index] = _photo(sample, keys[index], index, shard, extensions, max_pixels)
             if len(found) == len(keys):
                 break
-    return {key: found.get(key, f"photo unavailable: {key} is not in {shard}") for key in keys}
+    return {index: found.get(index, f"photo unavailable: {shard} has no sample {index} ({key}); has it changed?")
+            for index, key in keys.items()}
+
+
+def _photo(sample: dict, key: str, index: int, shard: str, extensions, max_pixels: int) -> Image.Image | str:
+    if sample["__key__"] != key:
+        return f"photo unavailable: sample {index} of {shard} is {sample['__key__']!r}, not {key!r}; has the shard changed?"
+    try:
+        return decode_image(find_image(sample, extensions), max_pixels)
+    except SampleError as error:
+        return f"photo unavailable: {error}"
 
 
 def _decode_options(config: PreviewConfig) -> tuple[tuple[str, ...], int]:

@@ -12,6 +12,11 @@ Segments carry no class names, so they are first matched to classes by the Hunga
 * ``dataset-hungarian`` (STEGO): segments are first given dataset-wide cluster ids in 0..C-1, the
   confusion matrix of the whole dataset is accumulated, and one matching is made for all of it.
 
+A third protocol needs no matching: ``by-name`` (the EmerDiff paper's open-vocabulary Table 3)
+takes segments already named with the ground truth's class names (``emerdiff name``), so predicted
+class c is ground-truth class c; pixels whose segment has a name the ground truth lacks, or none,
+are wrong wherever they fall (``named_match``).
+
 Either way IoU_c = TP_c / (TP_c + FP_c + FN_c); mIoU is the mean over classes whose IoU is defined
 (a class never in the ground truth and never predicted has 0/0 and is left out, as STEGO and DiffSeg
 do); pixel accuracy is sum(TP) / (pixels not ignored). Pixels whose ground truth is ``ignore_index``
@@ -113,3 +118,15 @@ def hungarian_match(confusion: np.ndarray) -> MatchCounts:
 def per_image_counts(ground_truth: np.ndarray, segments: np.ndarray, num_classes: int, ignore_index: int) -> MatchCounts:
     """One image under ``per-image-hungarian``: its segment ids matched to the classes on their own."""
     return hungarian_match(confusion_matrix(ground_truth, segments, num_classes, ignore_index))
+
+
+def named_match(confusion: np.ndarray) -> MatchCounts:
+    """Counts when predicted id c is class c (ids already mapped by name); a (C, C + 1) matrix whose
+    last column holds the pixels predicted as nothing the ground truth names."""
+    classes = confusion.shape[0]
+    if confusion.shape[1] != classes + 1:
+        raise ValueError(f"expected a (C, C + 1) confusion matrix, got {confusion.shape}")
+    true_positive = np.diag(confusion[:, :classes]).astype(np.int64)
+    false_positive = confusion[:, :classes].sum(axis=0).astype(np.int64) - true_positive
+    false_negative = confusion.sum(axis=1).astype(np.int64) - true_positive
+    return MatchCounts(true_positive, false_positive, false_negative, int(confusion.sum()))

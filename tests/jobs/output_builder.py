@@ -171,8 +171,9 @@ def labelled_output(url: str, storage_options=None) -> None:
     """The output scored by hand in test_evaluate.py."""
     # Segments of "a" follow the truth (embeddings A, B); in "b" both halves get embedding A, the
     # right half wrongly. "e" has no ground truth: its odd embedding must not sway the clustering.
+    # The shards are those `ground_truth_shards` makes (two images each, keys in order a, b | c, d).
     write_output(url, {
-        "shard-000000": [("a", segmentation(HALVES, {0: A, 1: B})), ("c", "undecodable image: broken")],
-        "shard-000001": [("b", segmentation(np.array(HALVES) + 2, {2: A, 3: A})),
-                         ("e", segmentation(HALVES, {0: OTHER, 1: OTHER}))],
+        "shard-000000": [("a", segmentation(HALVES, {0: A, 1: B})),
+                         ("b", segmentation(np.array(HALVES) + 2, {2: A, 3: A}))],
+        "shard-000001": [("c", "undecodable image: broken"), ("e", segmentation(HALVES, {0: OTHER, 1: OTHER}))],
     }, storage_options)

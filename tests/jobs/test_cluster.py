@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from jobs.cli import main
+from output_builder import segmentation, write_output
 
 
 def read_table(folder) -> dict:
@@ -28,7 +29,8 @@ def test_every_segment_gets_the_class_of_its_embedding(small_output, tmp_path):
         by_prototype.setdefault(segment_id % 3, set()).add(cls)
     assert sorted(len(classes) for classes in by_prototype.values()) == [1, 1, 1]
     assert len(set().union(*by_prototype.values())) == 3
-    summary = json.loads((out / "clusters.json").read_text())
+    summary = json.loads((out / "classes.json").read_text())
+    assert summary["kind"] == "clusters" and summary["class_names"] is None and summary["num_unknown"] == 0
     assert summary["num_classes"] == 3 and summary["num_segments"] == len(table)
     assert sum(summary["segments_per_class"]) == len(table)
     assert np.load(out / "centroids.npy").shape == (3, 8)
@@ -56,3 +58,22 @@ def test_more_classes_than_segments_is_an_error(small_output, tmp_path, caplog):
     url, _ = small_output
     assert main(["cluster", url, "--classes", "500", "--out", str(tmp_path / "x")]) == 2
     assert "fewer classes" in caplog.text
+
+
+def test_the_table_names_rows_by_shard_and_position_not_by_key(tmp_path):
+    # "x" in both shards, and twice in the first: four rows, each with its own segments and classes.
+    near = {0: [1.0, 0, 0], 1: [0, 1.0, 0]}
+    rows = {
+        "shard-000000": [("x", segmentation([[0, 0]], near, num_masks=2)), ("y", segmentation([[1, 1]], near, num_masks=2)),
+                         ("x", segmentation([[0, 1]], near, num_masks=2))],
+        "shard-000001": [("x", segmentation([[1, 1]], near, num_masks=2))],
+    }
+    write_output(str(tmp_path / "out"), rows)
+    assert main(["cluster", str(tmp_path / "out"), "--classes", "2", "--out", str(tmp_path / "classes")]) == 0
+    table = pq.read_table(tmp_path / "classes/segment_classes.parquet").to_pylist()
+    assert [(r["shard"], r["row"], r["key"], r["segment_id"]) for r in table] == [
+        ("shard-000000", 0, "x", 0), ("shard-000000", 1, "y", 1), ("shard-000000", 2, "x", 0),
+        ("shard-000000", 2, "x", 1), ("shard-000001", 0, "x", 1)]
+    by_segment = {(r["shard"], r["row"], r["segment_id"]): r["class"] for r in table}
+    assert by_segment[("shard-000000", 2, 0)] == by_segment[("shard-000000", 0, 0)]  # same embedding, same class
+    assert by_segment[("shard-000000", 2, 1)] == by_segment[("shard-000001", 0, 1)] != by_segment[("shard-000000", 0, 0)]

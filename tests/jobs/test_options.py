@@ -67,7 +67,7 @@ def test_names_positionals_negations_and_repeats_come_from_the_field_metadata():
     assert _parse(EvaluationConfig, "out/", "--gt", "s/", "--classes", "4", "--protocol", "per-image-hungarian") == {
         "output": "out/", "ground_truth": "s/", "num_classes": 4, "protocols": ("per-image-hungarian",)}
     with pytest.raises(SystemExit):
-        _parse(EvaluationConfig, "out/", "--gt", "s/")  # --classes is required: the field has no default
+        _parse(EvaluationConfig, "out/")  # --gt is required: the field has no default
 
 
 def test_the_help_shows_each_default_once():

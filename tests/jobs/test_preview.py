@@ -1,5 +1,6 @@
 """emerdiff preview: the HTML gallery, checked as text and in a real headless Chromium."""
 
+import base64
 import io
 import os
 import re
@@ -8,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+
+from label_helpers import write_shards
 
 from jobs.cli import main
 from output_builder import segmentation, write_output
@@ -75,6 +78,25 @@ def test_photos_of_a_missing_shard_are_reported_not_fatal(tmp_path, small_output
     html = gallery(url, tmp_path, "--n", "3").read_text()
     assert html.count('<article class="card">') == 3
     assert "photo unavailable: cannot open shard" in html
+
+
+def test_each_row_shows_its_own_photo_when_a_key_heads_two_samples(tmp_path):
+    # Shard: x (red), y (green), x (blue); row i is sample i, whatever the keys.
+    colours = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255)}
+    samples = [{"__key__": key, "png": png_bytes(colours[index])} for index, key in enumerate("xyx")]
+    [url] = write_shards(str(tmp_path / "in"), {"shard-000000.tar": samples})
+    rows = [(key, block_segmentation(index)) for index, key in enumerate("xyx")]
+    write_output(str(tmp_path / "out"), {"shard-000000": rows}, shard_urls={"shard-000000": url})
+    html = gallery(str(tmp_path / "out"), tmp_path, "--n", "3").read_text()
+    photos = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)" alt="photo"', html)
+    means = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))).reshape(-1, 3).mean(axis=0) for data in photos]
+    assert [int(np.argmax(mean)) for mean in means] == [0, 1, 2]  # red, green, blue: never the first x twice
+
+
+def png_bytes(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_overlay_blends_the_photo_with_the_label_colours():

@@ -23,8 +23,9 @@ def test_make_shards_and_evaluate_on_s3(s3, s3_storage_options, tmp_path):
     images, truth = ground_truth_folders(tmp_path)
     fs.put(images, f"{bucket}/images", recursive=True)
     fs.put(truth, f"{bucket}/truth", recursive=True)
-    assert main(["make-shards", f"{bucket}/images", "--gt", f"{bucket}/truth", "--output", f"{bucket}/gt", *options]) == 0
-    assert main(["make-shards", images, "--gt", truth, "--output", str(tmp_path / "gt")]) == 0
+    assert main(["make-shards", f"{bucket}/images", "--gt", f"{bucket}/truth", "--output", f"{bucket}/gt", "--maxcount", "2",
+                 *options]) == 0
+    assert main(["make-shards", images, "--gt", truth, "--output", str(tmp_path / "gt"), "--maxcount", "2"]) == 0
     assert fs.cat_file(f"{bucket}/gt/shard-000000.tar") == (tmp_path / "gt/shard-000000.tar").read_bytes()
 
     labelled_output(f"{bucket}/out", s3_storage_options)
