@@ -1,4 +1,5 @@
-"""Stable Diffusion's parts from a Hub id, a local diffusers folder or a single-file checkpoint.
+"""Models from a Hub id, a local folder or a single-file checkpoint: Stable Diffusion's parts, and
+the CLIP model that names segments.
 
 Only the four parts the method needs are loaded (no safety checker, no feature extractor), and
 only safetensors weights unless the caller opts in to pickle, which can run code when loaded.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,24 @@ PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+# CLIP's own image normalisation (OpenAI), for model folders without a preprocessor config.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to pass instead."""
+
+
+def weights_sha256(parts: dict[str, torch.nn.Module]) -> str:
+    """Hash of the weights as loaded (names, dtypes and bytes) of the named modules, in name order."""
+    digest = hashlib.sha256()
+    for part, module in sorted(parts.items()):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{part}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -36,12 +54,7 @@ class StableDiffusionParts:
 
     def weights_sha256(self) -> str:
         """Hash of the weights as loaded (names, dtypes and bytes), whatever the source was."""
-        digest = hashlib.sha256()
-        for part in ("unet", "vae", "text_encoder"):
-            for name, tensor in sorted(getattr(self, part).state_dict().items()):
-                digest.update(f"{part}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-                digest.update(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
-        return digest.hexdigest()
+        return weights_sha256({"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder})
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -162,3 +175,95 @@ def _load_single_file(path: Path, dtype: torch.dtype, allow_pickle: bool) -> Sta
         scheduler_config=dict(pipeline.scheduler.config),
         source=str(path),
     )
+
+
+# -- CLIP -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ClipParts:
+    model: Any  # transformers CLIPModel, float32 as stored
+    tokenizer: Any
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    source: str
+    weights_sha256: str  # of the float32 weights, so every device and dtype records the same hash
+
+
+def load_clip(source: str, allow_pickle: bool = False) -> ClipParts:
+    """A CLIP model (``transformers`` CLIPModel and tokenizer) and its image normalisation.
+
+    ``source``: a Hub id (``openai/clip-vit-base-patch16``), a local ``transformers`` folder, or
+    ``"tiny"`` (a random tiny CLIP for plumbing checks). Loaded in float32 and hashed as stored,
+    before any cast. Raises ModelLoadError saying what to pass instead.
+    """
+    if source == "tiny":
+        from emerdiff.tiny import tiny_clip_dir
+
+        logger.warning("Using the tiny random CLIP: a plumbing check, its names mean nothing.")
+        return _load_clip_folder(str(tiny_clip_dir()), "tiny", allow_pickle)
+    if "://" in source:
+        raise ModelLoadError(
+            f"{source!r} is a URL. Copy the CLIP folder to local disk first, or let the labelling job do it "
+            "(`emerdiff label --clip-model URL` caches it once per node)."
+        )
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{source!r} is not a transformers model folder: it has no config.json "
+                                 "(save one with CLIPModel.save_pretrained and the tokenizer's save_pretrained)")
+        return _load_clip_folder(str(path), source, allow_pickle)
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelLoadError(
+            f"CLIP model {source!r} is neither an existing folder nor a Hub id of the form 'owner/name'. Pass a "
+            "transformers CLIP folder, a Hub id such as 'openai/clip-vit-base-patch16', or 'tiny'."
+        )
+    return _load_clip_folder(source, source, allow_pickle)
+
+
+def _load_clip_folder(location: str, source: str, allow_pickle: bool) -> ClipParts:
+    from transformers import AutoTokenizer, CLIPModel
+
+    try:
+        model = CLIPModel.from_pretrained(location, dtype=torch.float32, use_safetensors=None if allow_pickle else True)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        mean, std = _clip_normalisation(location)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise ModelLoadError(_clip_advice(source, error, allow_pickle)) from error
+    return ClipParts(model=model.eval(), tokenizer=tokenizer, image_mean=mean, image_std=std, source=source,
+                     weights_sha256=weights_sha256({"clip": model}))
+
+
+def _clip_normalisation(location: str) -> tuple[tuple, tuple]:
+    """The model's image mean and std: its preprocessor config when it has one, else OpenAI's (spec step 1)."""
+    config = _preprocessor_config(location)
+    if config is None:
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return tuple(config.get("image_mean", OPENAI_CLIP_MEAN)), tuple(config.get("image_std", OPENAI_CLIP_STD))
+
+
+def _preprocessor_config(location: str) -> dict | None:
+    path = Path(location)
+    if path.is_dir():
+        file = path / PREPROCESSOR_FILE
+        return json.loads(file.read_text()) if file.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(location, PREPROCESSOR_FILE)).read_text())
+    except EntryNotFoundError:
+        return None
+
+
+def _clip_advice(source: str, error: Exception, allow_pickle: bool) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    advice = (
+        f"Could not load CLIP from {source!r}: {text}\n"
+        "Pass a local transformers CLIP folder (config.json, weights, tokenizer files), a Hub id this machine can "
+        "reach (HF_HUB_OFFLINE must be unset), or 'tiny' for a random plumbing check."
+    )
+    if not allow_pickle and "safetensors" in str(error).lower():
+        advice += ("\nThis model seems to ship only pickle weights (.bin), which can run code when loaded; convert them "
+                   "to safetensors or, for a model you trust, pass allow_pickle=True (--allow-pickle).")
+    return advice

@@ -14,6 +14,7 @@ class Segment:
     bbox: tuple[int, int, int, int]  # COCO order: x, y, width, height, at the original size
     score: float  # mean best-vs-runner-up margin of the difference maps, in [0, 1]; see Segmentation
     embedding: np.ndarray  # (C,) float32, mean query feature over the segment (spec step 12)
+    clip_embedding: np.ndarray | None = None  # (D,) float32 unit MaskCLIP embedding, when computed (emerdiff.clip)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -36,6 +37,7 @@ class Segmentation:
     area: np.ndarray  # (K,) int64
     bbox: np.ndarray  # (K, 4) int64, x, y, width, height
     score: np.ndarray  # (K,) float32
+    clip_embeddings: np.ndarray | None = None  # (K, D) float32 from SegmentCLIP, zero for absent ids
 
     @property
     def num_masks(self) -> int:
@@ -58,9 +60,16 @@ class Segmentation:
                 bbox=tuple(int(v) for v in self.bbox[i]),
                 score=float(self.score[i]),
                 embedding=self.embeddings[i],
+                clip_embedding=None if self.clip_embeddings is None else self.clip_embeddings[i],
             )
             for i in self.segment_ids
         ]
+
+    def with_clip_embeddings(self, clip_embeddings: np.ndarray) -> Segmentation:
+        """This result with each segment's CLIP embedding, (K, D) as SegmentCLIP.segment_embeddings gives them."""
+        if clip_embeddings.shape[0] != self.num_masks:
+            raise ValueError(f"expected {self.num_masks} CLIP embeddings (one per mask id), got {clip_embeddings.shape[0]}")
+        return dataclasses.replace(self, clip_embeddings=clip_embeddings)
 
 
 def segment_statistics(labels: np.ndarray, num_masks: int) -> tuple[np.ndarray, np.ndarray]:

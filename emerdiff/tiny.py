@@ -134,12 +134,17 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
 
 def tiny_model_dir() -> Path:
     """The tiny model in a per-user cache folder, built once (atomically, so concurrent callers agree)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emerdiff" / "tiny-v2"
-    if (cache / "model_index.json").exists():
+    return _cached("tiny-v2", build_tiny_model)
+
+
+def _cached(name: str, build) -> Path:
+    """``build(folder)``'s folder under the per-user cache, built once: in a staging folder renamed into place."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "emerdiff" / name
+    if cache.is_dir():
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".tiny-"))
-    build_tiny_model(staging)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{name}-"))
+    build(staging)
     try:
         staging.rename(cache)
     except OSError:  # another process finished first; its copy is identical
@@ -147,3 +152,45 @@ def tiny_model_dir() -> Path:
 
         shutil.rmtree(staging, ignore_errors=True)
     return cache
+
+
+# -- a tiny CLIP, for naming segments (emerdiff.clip) ------------------------------------------------
+
+TINY_CLIP_RESOLUTION = 64  # an 8x8 patch grid, next to the tiny SD's 128 px
+TINY_CLIP_SIZES = {
+    "vision": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "image_size": 32, "patch_size": 8},
+    "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "projection_dim": 16,
+}
+
+
+def build_tiny_clip(directory: str | Path, seed: int = 0, sizes: dict = TINY_CLIP_SIZES) -> Path:
+    """Write a random CLIP (transformers folder, CLIP's byte-level tokenizer) to ``directory``.
+
+    Its token embeddings have unit variance, and the end-of-text token's is zero: the text tower
+    pools that token's state, so otherwise the one token every prompt shares would outweigh the
+    words, and every class name would embed alike (at CLIP's default std of 0.02, all the more).
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    directory = Path(directory)
+    vocab_size = _save_tokenizer(directory)
+    text = {"vocab_size": vocab_size, "max_position_embeddings": 77, "bos_token_id": vocab_size - 2,
+            "eos_token_id": vocab_size - 1, "pad_token_id": vocab_size - 1, **sizes["text"]}
+    config = CLIPConfig(text_config=text, vision_config=sizes["vision"], projection_dim=sizes["projection_dim"],
+                        logit_scale_init_value=4.6052)  # exp() = 100, OpenAI CLIP's trained scale
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    with torch.no_grad():
+        tokens = model.text_model.embeddings.token_embedding.weight
+        tokens.normal_(0.0, 1.0)
+        tokens[text["eos_token_id"]] = 0.0
+    model.save_pretrained(directory)
+    return directory
+
+
+def tiny_clip_dir() -> Path:
+    """The tiny CLIP in the per-user cache folder, built once (atomically, like ``tiny_model_dir``)."""
+    return _cached("tiny-clip-v1", build_tiny_clip)

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "evaluate": ("jobs.evaluate", "mIoU and pixel accuracy of labels against ground truth."),
     "export": ("jobs.export", "Export labels as PNG folders, COCO JSON or a Hugging Face dataset."),
     "cluster": ("jobs.cluster", "Cluster segment embeddings into dataset-wide classes."),
+    "name": ("jobs.name", "Name every segment with a class from a list (CLIP text embeddings)."),
     "inspect": ("jobs.inspect", "Summarise a labelling output: shards, rows, errors, model, config."),
 }
 

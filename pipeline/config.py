@@ -46,6 +46,13 @@ class LabelJobConfig:
     allow_pickle: bool = False  # .ckpt/.bin checkpoints can run code when loaded
     storage_options: dict = dataclasses.field(default_factory=dict)  # fsspec options; never written anywhere
 
+    # Names for segments (docs/method.md): one MaskCLIP embedding per segment, computed next to the labels.
+    clip_model: str | None = option(
+        None, "Also store one CLIP embedding per segment (segments.clip_embedding), for `emerdiff name`: a Hub id "
+              "(openai/clip-vit-base-patch16), a local transformers folder, an fsspec URL of one, or 'tiny'. "
+              "Default: none.", metavar="SRC")
+    clip_resolution: int = option(448, "Side of the square the image is resized to for CLIP (a multiple of its patch size).")
+
     # Job options: one flag each, generated from this metadata.
     batch_size: int = option(4, "Images per segment_batch call. Larger batches share the feature pass; 4-8 is plenty on a GPU.")
     # Each is a full-size decoded picture (a 12 MP photo is 36 MB); the model takes seconds per image.
@@ -102,6 +109,7 @@ class LabelJobConfig:
         values["inputs"] = [redact_url(url) for url in self.inputs]
         values["output"] = redact_url(self.output)
         values["model"] = redact_url(self.model)
+        values["clip_model"] = redact_url(self.clip_model) if self.clip_model else None
         values["address"] = redact_url(self.address) if self.address else None
         return values
 
@@ -115,7 +123,14 @@ class LabelJobConfig:
             inputs=tuple(_absolute(url) for url in self.inputs),
             output=_absolute(self.output),
             model=_absolute(self.model) if os.path.exists(self.model) else self.model,
+            clip_model=_absolute(self.clip_model) if self.clip_model and os.path.exists(self.clip_model) else self.clip_model,
         )
+
+    def clip_record(self) -> dict | None:
+        """What an output keeps the same across runs about its CLIP embeddings (None without them)."""
+        if self.clip_model is None:
+            return None
+        return {"clip_model": redact_url(self.clip_model), "clip_resolution": self.clip_resolution}
 
 
 def _absolute(url: str) -> str:
@@ -133,7 +148,9 @@ def _problems(job: LabelJobConfig):
         yield "inputs contain 'pipe:' URLs, which run shell commands; pass --allow-pipe if you mean it"
     if not job.output:
         yield "output must be a folder URL or path"
-    for name in ("batch_size", "prefetch", "rows_per_row_group", "max_image_pixels", "max_attempts"):
+    if job.clip_model is not None and (not isinstance(job.clip_model, str) or not job.clip_model.strip()):
+        yield f"clip_model must be a CLIP model source or unset, got {job.clip_model!r}"
+    for name in ("batch_size", "prefetch", "rows_per_row_group", "max_image_pixels", "max_attempts", "clip_resolution"):
         if problem := positive_int_problem(name, getattr(job, name)):
             yield problem
     if job.num_actors is not None and positive_int_problem("num_actors", job.num_actors):

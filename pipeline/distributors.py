@@ -99,11 +99,11 @@ class LabelActor:
     def __init__(self, job: LabelJobConfig, log_level: int = logging.WARNING):
         # Imported here: the labeller and the model pull in torch, which the driver never needs.
         from pipeline.labeler import ShardLabeler
-        from pipeline.models import load_segmenter
+        from pipeline.models import load_clip, load_segmenter
 
         logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("pipeline").setLevel(log_level)
-        self.labeler = ShardLabeler(load_segmenter(job), job)
+        self.labeler = ShardLabeler(load_segmenter(job), job, clip=load_clip(job))
 
     def ready(self) -> dict:
         return {**self.labeler.model_info, "worker": self.labeler.worker}

@@ -126,6 +126,7 @@ def check_output(layout: OutputLayout, job: LabelJobConfig, markers: Iterable[st
         differences.append(f"method config (config_hash {previous.get('config_hash')} -> {job.method.config_hash}: {detail})")
     if previous.get("model") != redact_url(job.model):
         differences.append(f"model ({previous.get('model')!r} -> {redact_url(job.model)!r})")
+    differences += _clip_changes(previous.get("clip"), job.clip_record())
     if differences and not holds_labels():
         logger.info("%s has no labelled shard yet; starting it again with the new settings", redact_url(job.output))
         return None
@@ -136,6 +137,13 @@ def check_output(layout: OutputLayout, job: LabelJobConfig, markers: Iterable[st
             "or pass --overwrite to delete it and start over with the new settings."
         )
     return previous
+
+
+def _clip_changes(old: dict | None, new: dict | None) -> list[str]:
+    """The CLIP embedding settings that differ, as "field ('old' -> 'new')" (none means no embeddings)."""
+    old, new = old or {}, new or {}
+    return [f"{name} ({old.get(name)!r} -> {new.get(name)!r})" for name in ("clip_model", "clip_resolution")
+            if old.get(name) != new.get(name)]
 
 
 def _config_changes(old: dict, method) -> list[str]:
@@ -265,14 +273,14 @@ def _local_labeler(job: LabelJobConfig, segmenter):
     """The in-process labeller; torch is imported here, only when this process runs the model."""
     from emerdiff import ModelLoadError
     from pipeline.labeler import ShardLabeler
-    from pipeline.models import load_segmenter
+    from pipeline.models import load_clip, load_segmenter
 
-    if segmenter is None:
-        try:
-            segmenter = load_segmenter(job)
-        except ModelLoadError as error:
-            raise JobError(f"the model could not load: {error}") from None
-    return ShardLabeler(segmenter, job)
+    try:
+        segmenter = segmenter or load_segmenter(job)
+        clip = load_clip(job)
+    except ModelLoadError as error:
+        raise JobError(f"the model could not load: {error}") from None
+    return ShardLabeler(segmenter, job, clip=clip)
 
 
 def _record_event(event: Event, layout: OutputLayout, record: dict, summary: JobSummary, progress: ImageProgress) -> None:
@@ -295,18 +303,28 @@ def _record_event(event: Event, layout: OutputLayout, record: dict, summary: Job
 
 
 def _check_weights(model_info: dict, layout: OutputLayout, record: dict) -> None:
-    weights = model_info.get("weights_sha256")
-    recorded = record.get("weights_sha256")
-    if recorded is None:
-        record["weights_sha256"] = weights
-        record["model_info"] = {k: v for k, v in model_info.items() if k not in ("model", "worker")}
+    """The first loaded model's weight hashes are recorded; any other must equal them."""
+    if record.get("weights_sha256") is None:
+        record["weights_sha256"] = model_info.get("weights_sha256")
+        record["model_info"] = {k: v for k, v in model_info.items() if k not in ("model", "worker", *_CLIP_INFO)}
+        if record.get("clip") is not None:
+            record["clip"] = {**record["clip"], "clip_weights_sha256": model_info.get("clip_weights_sha256"),
+                              "clip_dim": model_info.get("clip_dim")}
         commit.write_job_record(layout, record)
-    elif weights != recorded:
-        raise JobRefused(
-            f"the weights loaded from {record['model']!r} (sha256 {weights}) are not the ones this output was "
-            f"labelled with (sha256 {recorded}). Point --model at the original weights, choose another --output, "
-            "or pass --overwrite to start over."
-        )
+        return
+    hashes = [("weights_sha256", record, record["model"], "--model")]
+    if record.get("clip") is not None:
+        hashes.append(("clip_weights_sha256", record["clip"], record["clip"]["clip_model"], "--clip-model"))
+    for name, recorded, source, flag in hashes:
+        if recorded.get(name) is not None and model_info.get(name) != recorded[name]:
+            raise JobRefused(
+                f"the weights loaded from {source!r} (sha256 {model_info.get(name)}) are not the ones this output was "
+                f"labelled with (sha256 {recorded[name]}). Point {flag} at the original weights, choose another "
+                "--output, or pass --overwrite to start over."
+            )
+
+
+_CLIP_INFO = ("clip_model", "clip_weights_sha256", "clip_resolution", "clip_dim")
 
 
 def _job_record(job: LabelJobConfig, previous: dict | None) -> dict:
@@ -319,10 +337,20 @@ def _job_record(job: LabelJobConfig, previous: dict | None) -> dict:
         "model_info": previous.get("model_info") if keep_weights else None,
         "config": job.method.to_dict(),
         "config_hash": job.method.config_hash,
+        "clip": _clip_record(job, previous if keep_weights else None),
         "code_version": emerdiff.__version__,
         "job": job.public_dict(),
         "started_at": commit.now(),
     }
+
+
+def _clip_record(job: LabelJobConfig, previous: dict | None) -> dict | None:
+    """_job.json's "clip": the CLIP model and resolution, and its weights hash once a labeller has loaded it."""
+    record = job.clip_record()
+    kept = (previous or {}).get("clip") or {}
+    if record is not None and "clip_weights_sha256" in kept:
+        record.update(clip_weights_sha256=kept["clip_weights_sha256"], clip_dim=kept.get("clip_dim"))
+    return record
 
 
 def _finish(layout: OutputLayout, plan: ShardPlan, summary: JobSummary) -> None:

@@ -40,23 +40,28 @@ class ShardLabeler:
     memory) propagates after the partial data file is removed.
     """
 
-    def __init__(self, segmenter, job: LabelJobConfig, layout: OutputLayout | None = None):
+    def __init__(self, segmenter, job: LabelJobConfig, layout: OutputLayout | None = None, clip=None):
         if segmenter.config.config_hash != job.method.config_hash:
             raise ValueError(
                 f"the segmenter was loaded with config {segmenter.config.config_hash}, but the job's method config is "
                 f"{job.method.config_hash}; its rows would be recorded under the wrong config"
             )
+        if (clip is None) != (job.clip_model is None):
+            raise ValueError(f"the job's clip_model is {job.clip_model!r} but {'a' if clip else 'no'} CLIP model was given")
         self.segmenter = segmenter
+        self.clip = clip  # an emerdiff.clip.SegmentCLIP with --clip-model, else None
         self.job = job
         self.layout = layout or OutputLayout(job.output, job.storage_options)
-        self.model_info = dict(segmenter.model_info)
+        self.model_info = {**segmenter.model_info, **(clip.info if clip is not None else {})}
+        clip_record = None if clip is None else {**clip.info, "clip_model": redact_url(job.clip_model)}
         self.schema = labels_schema(file_metadata(
             model=redact_url(job.model),
             weights_sha256=self.model_info.get("weights_sha256"),
             config=job.method.to_dict(),
             config_hash=job.method.config_hash,
             code_version=emerdiff.__version__,
-        ))
+            clip=clip_record,
+        ), clip=clip is not None)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         for directory in (self.layout.data_dir, self.layout.markers_dir):
             self.layout.fs.makedirs(directory, exist_ok=True)  # local disks need them; stores ignore it
@@ -74,7 +79,7 @@ class ShardLabeler:
         info = shard_info(task.url, self.job.storage_options)
         stream = ShardStream(task.url, self.job.storage_options)
         decoded = prefetch(decode_samples(stream, self.job.image_extensions, self.job.max_image_pixels), self.job.prefetch)
-        segmenter = BatchSegmenter(self.segmenter, self.job.batch_size, redact_url(task.url))
+        segmenter = BatchSegmenter(self.segmenter, self.job.batch_size, redact_url(task.url), self.clip)
         rows = segmenter(decoded)
         stats = ShardStats()
         writer = ParquetShardWriter(self.layout.fs, self.layout.data_path(task.name), self.schema, self.job.rows_per_row_group)

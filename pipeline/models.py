@@ -75,3 +75,14 @@ def load_segmenter(job: LabelJobConfig):
     return EmerDiffSegmenter.from_pretrained(
         source, config=job.method, device=job.device, dtype=job.dtype, allow_pickle=job.allow_pickle
     )
+
+
+def load_clip(job: LabelJobConfig):
+    """The job's SegmentCLIP next to its segmenter (same device and dtype), or None without --clip-model."""
+    if job.clip_model is None:
+        return None
+    from emerdiff.clip import SegmentCLIP
+
+    source = local_model_source(job.clip_model, job.storage_options, job.model_cache_dir)
+    return SegmentCLIP.from_pretrained(source, resolution=job.clip_resolution, device=job.device, dtype=job.dtype,
+                                       allow_pickle=job.allow_pickle)

@@ -82,12 +82,15 @@ def _is_out_of_memory(error: BaseException) -> bool:
 class BatchSegmenter:
     """Decoded samples in, rows out, in input order; images go to the model ``batch_size`` at a time.
 
-    If a batch fails, its images are retried one by one so a single bad image becomes one error
-    row. Running out of memory is not an image's fault: it propagates and the shard is retried.
+    With a ``clip`` (emerdiff.clip.SegmentCLIP), each segmentation also gets its segments' CLIP
+    embeddings. If a batch fails, its images are retried one by one so a single bad image becomes
+    one error row. Running out of memory is not an image's fault: it propagates and the shard is
+    retried.
     """
 
-    def __init__(self, segmenter, batch_size: int, shard_url: str):
+    def __init__(self, segmenter, batch_size: int, shard_url: str, clip=None):
         self.segmenter = segmenter
+        self.clip = clip
         self.batch_size = batch_size
         self.shard_url = shard_url
         self.model_seconds = 0.0
@@ -127,7 +130,7 @@ class BatchSegmenter:
             return [], 0.0
         started = time.perf_counter()
         try:
-            outcomes = list(self.segmenter.segment_batch([s.image for s in samples]))
+            outcomes = self._label([s.image for s in samples])
         except (RuntimeError, ValueError) as error:
             if _is_out_of_memory(error):
                 raise
@@ -143,8 +146,16 @@ class BatchSegmenter:
 
     def _segment_one(self, sample: DecodedSample):
         try:
-            return self.segmenter.segment_batch([sample.image])[0]
+            return self._label([sample.image])[0]
         except (RuntimeError, ValueError) as error:
             if _is_out_of_memory(error):
                 raise
             return error
+
+    def _label(self, images: list) -> list:
+        """The images' segmentations, with their segments' CLIP embeddings when there is a CLIP model."""
+        results = list(self.segmenter.segment_batch(images))
+        if self.clip is None:
+            return results
+        embeddings = self.clip.segment_embeddings_batch(images, [result.labels for result in results], results[0].num_masks)
+        return [result.with_clip_embeddings(clip) for result, clip in zip(results, embeddings)]

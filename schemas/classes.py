@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from emerdiff.naming import MAX_CLASSES, UNKNOWN, name_key  # noqa: F401  (re-exported: the table's contract)
+
 CLASS_TABLE_FILE = "segment_classes.parquet"
 SUMMARY_FILE = "classes.json"
-UNKNOWN = 255  # the class of an unnamed segment, and the ignore value of every class map
-MAX_CLASSES = 255  # ids 0..254: a class map stays an 8-bit PNG with UNKNOWN free
 KIND_CLUSTERS, KIND_NAMES = "clusters", "names"
 
 CLASS_TABLE_SCHEMA = pa.schema([
@@ -49,6 +49,9 @@ class ClassTableWriter:
     ``classes.json`` is unfinished)."""
 
     def __init__(self, destination: str, storage_options: dict | None, num_classes: int):
+        if num_classes > MAX_CLASSES:
+            raise ValueError(f"a class table holds at most {MAX_CLASSES} classes (class maps are 8-bit PNGs and "
+                             f"{UNKNOWN} marks unknown segments), got {num_classes}")
         self.fs, self.root = url_to_fs(destination, **(storage_options or {}))
         self.fs.makedirs(self.root, exist_ok=True)
         self.sizes = np.zeros(num_classes, dtype=np.int64)
@@ -161,11 +164,6 @@ class ShardClasses:
         """The row's segment id -> class table (see ``segment_lookup``)."""
         ids, classes, _ = self.segments(row)
         return segment_lookup(ids, classes)
-
-
-def name_key(name: str) -> str:
-    """How class names compare (a class list's duplicates, the by-name protocol): trimmed, lower case."""
-    return name.strip().lower()
 
 
 def segment_lookup(segment_ids: np.ndarray, classes: np.ndarray) -> np.ndarray:

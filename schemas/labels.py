@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-SCHEMA_VERSION = 1
+# 2: segments may carry `clip_embedding` (outputs labelled with --clip-model); a version-1 file reads
+# as a version-2 file without it, and outputs labelled without CLIP have exactly version 1's columns.
+SCHEMA_VERSION = 2
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 METADATA_KEY = b"emerdiff"
@@ -27,13 +29,17 @@ MAX_ERROR_LENGTH = 2000  # a row holds the reason, not a whole traceback
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
-SEGMENT_STRUCT = pa.struct([
+SEGMENT_FIELDS = [
     ("id", pa.int32()),  # label value in `labels`, 0..K-1
     ("area", pa.int64()),  # pixels at the original size
     ("bbox", pa.list_(pa.int32())),  # COCO order: x, y, width, height, at the original size
     ("score", pa.float32()),  # confidence in [0, 1]; see emerdiff.segmentation.Segmentation
     ("embedding", pa.list_(pa.float16())),  # mean query feature over the segment (spec step 12)
-])
+]
+SEGMENT_STRUCT = pa.struct(SEGMENT_FIELDS)
+# With --clip-model: the segment's MaskCLIP embedding, L2-normalised (docs/method.md, "Names for segments").
+CLIP_EMBEDDING = "clip_embedding"
+SEGMENT_STRUCT_WITH_CLIP = pa.struct([*SEGMENT_FIELDS, (CLIP_EMBEDDING, pa.list_(pa.float16()))])
 
 LABELS_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),  # the sample's __key__ in its shard
@@ -79,6 +85,14 @@ HF_FEATURES = {
     "decode_seconds": _value("float32"),
     "segment_seconds": _value("float32"),
 }
+
+
+def hf_features(clip: bool = False) -> dict:
+    """The ``huggingface`` features of a data file, with the segments' CLIP embeddings when it has them."""
+    if not clip:
+        return HF_FEATURES
+    segments = {**HF_FEATURES["segments"][0], CLIP_EMBEDDING: [_value("float16")]}
+    return {**HF_FEATURES, "segments": [segments]}
 
 
 # -- label maps as PNG ---------------------------------------------------------------------------
@@ -129,19 +143,23 @@ def ok_row(key: str, shard: str, segmentation: Any, *, decode_seconds: float | N
         "labels": _image_cell(segmentation.labels),
         "lowres_labels": _image_cell(segmentation.lowres_labels),
         "num_segments": segmentation.num_segments,
-        "segments": [
-            {
-                "id": segment.id,
-                "area": segment.area,
-                "bbox": list(segment.bbox),
-                "score": segment.score,
-                "embedding": np.asarray(segment.embedding, dtype=np.float16),
-            }
-            for segment in segmentation.segments
-        ],
+        "segments": [_segment_cell(segment) for segment in segmentation.segments],
         "decode_seconds": decode_seconds,
         "segment_seconds": segment_seconds,
     }
+
+
+def _segment_cell(segment: Any) -> dict:
+    cell = {
+        "id": segment.id,
+        "area": segment.area,
+        "bbox": list(segment.bbox),
+        "score": segment.score,
+        "embedding": np.asarray(segment.embedding, dtype=np.float16),
+    }
+    if segment.clip_embedding is not None:
+        cell[CLIP_EMBEDDING] = np.asarray(segment.clip_embedding, dtype=np.float16)
+    return cell
 
 
 def error_row(key: str, shard: str, error: str, *, width: int | None = None, height: int | None = None,
@@ -174,8 +192,12 @@ def error_reason(error: str) -> str:
 
 
 def file_metadata(*, model: str, weights_sha256: str | None, config: dict, config_hash: str,
-                  code_version: str) -> dict[bytes, bytes]:
-    """Schema metadata of every data file: what produced it, and the HF features entry."""
+                  code_version: str, clip: dict | None = None) -> dict[bytes, bytes]:
+    """Schema metadata of every data file: what produced it, and the HF features entry.
+
+    ``clip``: the CLIP model's record (``emerdiff.clip.SegmentCLIP.info``, URL redacted) when the
+    segments carry CLIP embeddings; without it the entry is absent, as in version 1.
+    """
     emerdiff = {
         "schema_version": SCHEMA_VERSION,
         "model": model,
@@ -183,16 +205,21 @@ def file_metadata(*, model: str, weights_sha256: str | None, config: dict, confi
         "config": config,
         "config_hash": config_hash,
         "code_version": code_version,
+        **({"clip": clip} if clip is not None else {}),
     }
     return {
         METADATA_KEY: json.dumps(emerdiff, sort_keys=True).encode(),
-        b"huggingface": json.dumps({"info": {"features": HF_FEATURES}}).encode(),
+        b"huggingface": json.dumps({"info": {"features": hf_features(clip is not None)}}).encode(),
     }
 
 
-def labels_schema(metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
-    """``LABELS_SCHEMA`` carrying the given file metadata."""
-    return LABELS_SCHEMA.with_metadata(metadata) if metadata else LABELS_SCHEMA
+def labels_schema(metadata: dict[bytes, bytes] | None = None, clip: bool = False) -> pa.Schema:
+    """``LABELS_SCHEMA`` (its segments with ``clip_embedding`` when ``clip``) carrying the given file metadata."""
+    schema = LABELS_SCHEMA
+    if clip:
+        index = schema.get_field_index("segments")
+        schema = schema.set(index, pa.field("segments", pa.list_(SEGMENT_STRUCT_WITH_CLIP)))
+    return schema.with_metadata(metadata) if metadata else schema
 
 
 def parse_file_metadata(schema: pa.Schema) -> dict:

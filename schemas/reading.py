@@ -17,6 +17,7 @@ Segment embeddings are most of a data file's bytes (1280 float16 values per segm
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 
@@ -140,6 +141,15 @@ def iter_batches(output_url: str, columns: Sequence[str] | None, storage_options
                 yield name, _ok_rows(batch) if ok_only else batch
 
 
+def iter_shards(output_url: str, columns: Sequence[str], storage_options: dict | None = None,
+                ok_only: bool = False) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """(shard name, its rows as one record batch with ``ROW`` positions) over every done shard, by
+    name: for tools that work a shard at a time, with one shard's columns in memory."""
+    batches = iter_batches(output_url, columns, storage_options, ok_only=ok_only, positions=True)
+    for shard, group in itertools.groupby(batches, key=lambda item: item[0]):
+        yield shard, pa.Table.from_batches([batch for _, batch in group]).combine_chunks().to_batches()[0]
+
+
 def read_rows(output_url: str, shard: str, indices: Sequence[int], columns: Sequence[str],
               storage_options: dict | None = None) -> list[dict]:
     """Rows at the given positions of one done shard's data file, in the order asked.
@@ -205,6 +215,7 @@ class SegmentTable:
     bbox: np.ndarray | None = None  # (n, 4) int64, COCO x, y, width, height
     score: np.ndarray | None = None  # (n,) float32
     embedding: np.ndarray | None = None  # (n, C) float16
+    clip_embedding: np.ndarray | None = None  # (n, D) float16, in outputs labelled with --clip-model
 
     def of_row(self, row: int) -> SegmentTable:
         """The segments of one row of the batch."""
@@ -228,8 +239,9 @@ def flatten_segments(batch: pa.RecordBatch) -> SegmentTable:
         values["score"] = flat.field("score").to_numpy(zero_copy_only=False)
     if "bbox" in names:
         values["bbox"] = _fixed_width(flat.field("bbox"), "bbox").astype(np.int64)
-    if "embedding" in names:
-        values["embedding"] = _fixed_width(flat.field("embedding"), "embedding")
+    for name in ("embedding", "clip_embedding"):
+        if name in names:
+            values[name] = _fixed_width(flat.field(name), name)
     return SegmentTable(**values)
 
 

@@ -22,6 +22,14 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """Path of a tiny random CLIP in transformers format (built once per session)."""
+    from emerdiff.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
 def tiny_config():
     """A config that runs the whole method on the tiny model in well under a second per image."""
     from emerdiff import EmerDiffConfig

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import itertools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,8 +19,8 @@ from tqdm import tqdm
 from jobs.options import nested
 from jobs.tools.kmeans import KMeansConfig, MiniBatchKMeans
 from pipeline.config import option, output_option
-from schemas.classes import KIND_CLUSTERS, ClassTableWriter
-from schemas.reading import ROW, flatten_segments, iter_batches
+from schemas.classes import KIND_CLUSTERS, MAX_CLASSES, UNKNOWN, ClassTableWriter
+from schemas.reading import ROW, flatten_segments, iter_batches, iter_shards
 from schemas.urls import redact_url
 
 CENTROIDS_FILE = "centroids.npy"
@@ -66,6 +65,9 @@ class ClusterJob:
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.kmeans.num_clusters > MAX_CLASSES:
+            raise ValueError(f"--classes must be at most {MAX_CLASSES} (class maps are 8-bit PNGs and {UNKNOWN} "
+                             f"marks unlabelled pixels), got {self.kmeans.num_clusters}")
         if self.destination is None:
             object.__setattr__(self, "destination", f"{self.output.rstrip('/')}-classes{self.kmeans.num_clusters}")
 
@@ -75,27 +77,14 @@ def cluster_output(job: ClusterJob) -> dict:
     model = fit_classes(job.output, job.kmeans, job.storage_options)
     writer = ClassTableWriter(job.destination, job.storage_options, job.kmeans.num_clusters)
     columns = ["key", "segments.id", "segments.embedding"]
-    shard_batches = iter_batches(job.output, columns, job.storage_options, ok_only=True, positions=True)
-    for shard, batches in tqdm(_by_shard(shard_batches), desc="assigning classes", unit="shard", disable=None):
-        segments = [(batch, flatten_segments(batch)) for batch in batches]
-        writer.write_shard(
-            shard,
-            rows=np.concatenate([batch.column(ROW).to_numpy()[table.row] for batch, table in segments]),
-            keys=[key for batch, table in segments for key in batch.column("key").take(table.row).to_pylist()],
-            segment_ids=np.concatenate([table.id for _, table in segments]),
-            classes=np.concatenate([_predict(model, table.embedding) for _, table in segments]),
-        )
+    for shard, batch in tqdm(iter_shards(job.output, columns, job.storage_options, ok_only=True),
+                             desc="assigning classes", unit="shard", disable=None):
+        segments = flatten_segments(batch)
+        classes = model.predict(segments.embedding) if len(segments.id) else np.zeros(0, np.int64)
+        writer.write_shard(shard, rows=batch.column(ROW).to_numpy()[segments.row],
+                           keys=batch.column("key").take(segments.row).to_pylist(), segment_ids=segments.id,
+                           classes=classes)
     buffer = io.BytesIO()
     np.save(buffer, model.centres.cpu().numpy())
     writer.fs.pipe_file(f"{writer.root}/{CENTROIDS_FILE}", buffer.getvalue())
     return writer.close(KIND_CLUSTERS, redact_url(job.output), None, kmeans=dataclasses.asdict(job.kmeans))
-
-
-def _predict(model: MiniBatchKMeans, embeddings: np.ndarray) -> np.ndarray:
-    return model.predict(embeddings) if len(embeddings) else np.zeros(0, np.int64)
-
-
-def _by_shard(batches: Iterator[tuple[str, object]]) -> Iterator[tuple[str, list]]:
-    """(shard, its batches) from (shard, batch) pairs in shard order: one shard in memory at a time."""
-    for shard, group in itertools.groupby(batches, key=lambda item: item[0]):
-        yield shard, [batch for _, batch in group]

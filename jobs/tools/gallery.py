@@ -20,11 +20,12 @@ from fsspec.core import url_to_fs
 from PIL import Image
 from tqdm import tqdm
 
-from jobs.visualize import colorize, overlay
+from jobs.visualize import colorize, legend_colour, overlay
 from emerdiff.config import positive_int_problem
 from pipeline.config import LabelJobConfig, option, output_option
 from pipeline.decode import SampleError, decode_image, find_image
 from pipeline.sources import ShardReadError, ShardStream
+from schemas.classes import UNKNOWN, ClassTable, relabel, segment_lookup
 from schemas.labels import STATUS_OK, decode_label_png, error_reason
 from schemas.reading import ROW, iter_batches, output_metadata, read_job, read_rows
 
@@ -43,6 +44,9 @@ class PreviewConfig:
     # Keeps the file small.
     thumbnail: int = option(256, "Longest side of each picture in pixels.")
     with_images: bool = option(True, "Do not read the input shards; show the label maps without photos.", name="--no-images")
+    clusters: str | None = option(
+        None, "Class table folder (`emerdiff name` or `emerdiff cluster`): colour the overlays by class and show the "
+              "class names, with a legend.", metavar="DIR")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,11 +70,14 @@ class RowSample:
 
 def write_preview(config: PreviewConfig) -> RowSample:
     """Write the gallery; returns what was sampled and counted."""
+    classes = ClassTable(config.clusters, config.storage_options) if config.clusters else None
     sample = sample_rows(config)
     rows = _read_picked(config, sample.picked)
-    photos = load_photos(config, rows) if config.with_images else {}
-    cards = [card_html(row, photos.get((row["shard"], row[ROW])), config.thumbnail) for row in rows]
-    page = page_html(config.output, output_metadata(config.output, config.storage_options), sample, cards)
+    photos = load_photos(config, [row for _, row in rows]) if config.with_images else {}
+    cards = [card_html(row, photos.get((row["shard"], row[ROW])), config.thumbnail, _segment_classes(classes, name, row))
+             for name, row in rows]
+    page = page_html(config.output, output_metadata(config.output, config.storage_options), sample, cards,
+                     legend_html(classes) if classes is not None else "")
     fs, path = url_to_fs(config.destination, **config.storage_options)
     fs.pipe_file(path, page.encode())
     return sample
@@ -110,16 +117,35 @@ def _reservoir_add(reservoir: list, item, seen: int, size: int, generator: rando
         reservoir[slot] = item
 
 
-def _read_picked(config: PreviewConfig, picked: list[tuple[str, int]]) -> list[dict]:
-    """The picked rows, each with its position in its data file as ``ROW``."""
+def _read_picked(config: PreviewConfig, picked: list[tuple[str, int]]) -> list[tuple[str, dict]]:
+    """(shard name, row) of the picked rows, each row with its position in its data file as ``ROW``."""
     by_shard: dict[str, list[int]] = defaultdict(list)
     for shard, index in picked:
         by_shard[shard].append(index)
     return [
-        {**row, ROW: index}
+        (shard, {**row, ROW: index})
         for shard, indices in by_shard.items()
         for index, row in zip(indices, read_rows(config.output, shard, indices, ROW_COLUMNS, config.storage_options))
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentClasses:
+    """One row's segments in a class table: segment id -> class, and what to call a class."""
+
+    lookup: np.ndarray  # segment id -> class (see schemas.classes.segment_lookup)
+    scores: dict[int, float | None]  # segment id -> the class's score (None for clusters)
+    table: ClassTable
+
+    def name(self, segment_id: int) -> str:
+        return self.table.class_name(int(self.lookup[segment_id]))
+
+
+def _segment_classes(table: ClassTable | None, shard: str, row: dict) -> SegmentClasses | None:
+    if table is None:
+        return None
+    ids, classes, scores = table.shard(shard).segments(row[ROW])
+    return SegmentClasses(segment_lookup(ids, classes), dict(zip(ids.tolist(), scores.tolist())), table)
 
 
 # -- photos from the input shards ----------------------------------------------------------------------
@@ -195,15 +221,17 @@ def data_uri(picture: Image.Image, fmt: str) -> str:
 # -- HTML ----------------------------------------------------------------------------------------------
 
 
-def card_html(row: dict, photo: Image.Image | str | None, size: int) -> str:
-    """One sampled row: photo, overlay, low-res map, and its segments."""
+def card_html(row: dict, photo: Image.Image | str | None, size: int, classes: SegmentClasses | None = None) -> str:
+    """One sampled row: photo, overlay (by segment, or by class with ``classes``), low-res map, and its segments."""
     labels = decode_label_png(row["labels"]["bytes"])
     lowres = decode_label_png(row["lowres_labels"]["bytes"])
-    label_map = thumbnail(colorize(labels), size, Image.Resampling.NEAREST)
+    shown = labels if classes is None else relabel(labels, classes.lookup, f"row {row['key']!r}")
+    unknown = None if classes is None else UNKNOWN
+    label_map = thumbnail(colorize(shown, unknown), size, Image.Resampling.NEAREST)
     lowres_map = colorize(lowres).resize(label_map.size, Image.Resampling.NEAREST)
     if isinstance(photo, Image.Image):
         small = thumbnail(photo, size, Image.Resampling.BICUBIC)
-        pictures = [("photo", data_uri(small, "JPEG")), ("overlay", data_uri(overlay(small, labels), "JPEG"))]
+        pictures = [("photo", data_uri(small, "JPEG")), ("overlay", data_uri(overlay(small, shown, unknown=unknown), "JPEG"))]
         note = ""
     else:
         pictures = [("label map", data_uri(label_map, "PNG"))]
@@ -213,9 +241,12 @@ def card_html(row: dict, photo: Image.Image | str | None, size: int) -> str:
     scores = [segment["score"] for segment in segments]
     total = max(1, row["width"] * row["height"])
     segment_rows = "".join(
-        f"<tr><td>{s['id']}</td><td>{100 * s['area'] / total:.1f}%</td><td>{s['score']:.2f}</td></tr>"
+        f"<tr><td>{s['id']}</td><td>{100 * s['area'] / total:.1f}%</td><td>{s['score']:.2f}</td>"
+        + ("" if classes is None else f"<td>{html.escape(classes.name(s['id']))}</td><td>{_score(classes.scores.get(s['id']))}</td>")
+        + "</tr>"
         for s in segments
     )
+    class_header = "" if classes is None else "<th>class</th><th>class score</th>"
     figures = "".join(
         f'<figure><img src="{uri}" alt="{alt}"{"" if alt in ("photo", "overlay") else " class=map"}>'
         f"<figcaption>{alt}</figcaption></figure>"
@@ -226,11 +257,25 @@ def card_html(row: dict, photo: Image.Image | str | None, size: int) -> str:
 <div class="pictures">{figures}</div>{note}
 <h2>{html.escape(row["key"])}</h2>
 <p>{row["num_segments"]} segments &middot; mean score {mean_score} &middot; {row["width"]}&times;{row["height"]}</p>
-<details><summary>segments</summary><table><tr><th>id</th><th>area</th><th>score</th></tr>{segment_rows}</table></details>
+<details><summary>segments</summary><table><tr><th>id</th><th>area</th><th>score</th>{class_header}</tr>{segment_rows}</table></details>
 </article>"""
 
 
-def page_html(output: str, produced: dict | None, sample: RowSample, cards: list[str]) -> str:
+def _score(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
+
+
+def legend_html(table: ClassTable) -> str:
+    """The classes' colours and names, as the overlays show them."""
+    ids = [*range(table.num_classes), UNKNOWN]
+    items = "".join(
+        f'<li><span class="swatch" style="background: rgb{legend_colour(c, UNKNOWN)}"></span>{html.escape(table.class_name(c))}</li>'
+        for c in ids
+    )
+    return f'<section class="legend"><h2>Classes</h2><ul>{items}</ul></section>'
+
+
+def page_html(output: str, produced: dict | None, sample: RowSample, cards: list[str], legend: str = "") -> str:
     produced = produced or {}
     reasons = "".join(f"<li>{html.escape(reason)}: {count}</li>" for reason, count in sample.reasons.most_common())
     error_rows = "".join(
@@ -253,7 +298,7 @@ def page_html(output: str, produced: dict | None, sample: RowSample, cards: list
 <p>{html.escape(output)} &middot; model <code>{html.escape(str(produced.get("model")))}</code>
 &middot; config <code>{html.escape(str(produced.get("config_hash")))}</code>
 &middot; {sample.ok} ok rows, {sample.failed} error rows &middot; {len(cards)} sampled</p></header>
-<main class="grid">{"".join(cards)}</main>
+{legend}<main class="grid">{"".join(cards)}</main>
 {errors}
 </body></html>
 """
@@ -272,4 +317,6 @@ figcaption { font-size: 0.75rem; color: #666; }
 .note { color: #a33; }
 table { border-collapse: collapse; font-size: 0.8rem; } td, th { padding: 0.1rem 0.5rem; text-align: right; }
 table.errors td, table.errors th { text-align: left; border-bottom: 1px solid #eee; }
+.legend ul { display: flex; flex-wrap: wrap; gap: 0.3rem 1rem; list-style: none; padding: 0; font-size: 0.85rem; }
+.swatch { display: inline-block; width: 0.8rem; height: 0.8rem; margin-right: 0.3rem; vertical-align: middle; }
 """

@@ -20,7 +20,7 @@ from schemas.markers import STATUS_FAILED, ShardMarker, ShardStats
 from schemas.reading import iter_batches, load_manifest, read_job, read_markers
 
 MAX_SHARD_LINES = 20  # more shards than this: only the slowest are listed one per line
-_JOB_FACTS = ("model", "weights_sha256", "config", "config_hash", "schema_version", "code_version", "started_at")
+_JOB_FACTS = ("model", "weights_sha256", "config", "config_hash", "clip", "schema_version", "code_version", "started_at")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,7 @@ def format_summary(summary: OutputSummary) -> str:
         f"output     {summary.output} ({'complete' if summary.complete else 'incomplete: no _SUCCESS yet'})",
         f"model      {facts['model']} (weights sha256 {facts['weights_sha256']})",
         f"config     hash {facts['config_hash']}: {json.dumps(facts['config'], sort_keys=True)}",
+        f"clip       {_clip_line(facts['clip'])}",
         f"versions   schema {facts['schema_version']}, code {facts['code_version']}; started {facts['started_at']}",
         f"shards     {shards['done']} done, {shards['failed']} failed, {pending} pending"
         + (f" ({shards['interrupted']} interrupted mid-shard)" if shards["interrupted"] else ""),
@@ -146,6 +147,13 @@ def format_summary(summary: OutputSummary) -> str:
     lines += [f"failed     {name}: {why}" for name, why in sorted(summary.failed.items())]
     lines += _throughput_lines(facts["per_shard"])
     return "\n".join(lines)
+
+
+def _clip_line(clip: dict | None) -> str:
+    if not clip:
+        return "none: segments carry no CLIP embeddings (`emerdiff name` needs `label --clip-model`)"
+    return (f"{clip['clip_model']} at {clip['clip_resolution']} px (weights sha256 {clip.get('clip_weights_sha256')}): "
+            "segments carry CLIP embeddings for `emerdiff name`")
 
 
 def _error_lines(reasons: list[dict]) -> list[str]:

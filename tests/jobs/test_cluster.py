@@ -56,8 +56,10 @@ def test_default_folder_sits_beside_the_output(small_output):
 
 def test_more_classes_than_segments_is_an_error(small_output, tmp_path, caplog):
     url, _ = small_output
-    assert main(["cluster", url, "--classes", "500", "--out", str(tmp_path / "x")]) == 2
+    assert main(["cluster", url, "--classes", "200", "--out", str(tmp_path / "x")]) == 2
     assert "fewer classes" in caplog.text
+    assert main(["cluster", url, "--classes", "256", "--out", str(tmp_path / "x")]) == 2
+    assert "--classes must be at most 255" in caplog.text
 
 
 def test_the_table_names_rows_by_shard_and_position_not_by_key(tmp_path):

@@ -5,6 +5,8 @@ import json
 from jobs.cli import main
 from output_builder import segmentation, write_output
 
+from schemas.labels import SCHEMA_VERSION
+
 LABELS = [[0, 0, 1, 1], [0, 0, 1, 1]]
 
 
@@ -34,9 +36,10 @@ def test_summary_counts_shards_rows_errors_and_speed(tmp_path, capsys):
         "reason": "undecodable image", "count": 2, "example": "undecodable image: cannot identify image file <_io.BytesIO>",
     }
     assert summary["error_reasons"][1]["reason"] == "image too large"
-    assert summary["model"] == "tiny" and summary["schema_version"] == 1 and summary["config"] == {"num_masks": 4, "seed": 0}
+    assert summary["model"] == "tiny" and summary["schema_version"] == SCHEMA_VERSION and summary["config"] == {"num_masks": 4, "seed": 0}
     assert [line["images_per_second"] for line in summary["per_shard"]] == [4 / 4.0, 2 / 4.0]
     assert "incomplete: no _SUCCESS yet" in printed
+    assert summary["clip"] is None and "clip       none: segments carry no CLIP embeddings" in printed
     assert "2 done, 1 failed, 2 pending (1 interrupted mid-shard)" in printed
     assert "3 ok, 3 error (50.0%)" in printed
     assert "shard-000002: ShardReadError: cannot read shard" in printed

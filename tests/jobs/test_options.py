@@ -14,6 +14,7 @@ from jobs.tools.export import ExportConfig
 from jobs.tools.gallery import PreviewConfig
 from jobs.tools.image_shards import ShardsConfig
 from jobs.tools.kmeans import KMeansConfig
+from jobs.tools.naming import NameConfig
 from jobs.tools.segment_files import SegmentFilesConfig
 from jobs.tools.summary import InspectConfig
 from pipeline.config import LabelJobConfig
@@ -27,6 +28,7 @@ CONFIGS = {
     "export": [ExportConfig],
     "cluster": [ClusterJob, KMeansConfig],
     "inspect": [InspectConfig],
+    "name": [NameConfig],
 }
 
 

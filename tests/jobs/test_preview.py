@@ -14,6 +14,7 @@ from label_helpers import write_shards
 
 from jobs.cli import main
 from output_builder import segmentation, write_output
+from schemas.classes import UNKNOWN, ClassTableWriter
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -91,6 +92,21 @@ def test_each_row_shows_its_own_photo_when_a_key_heads_two_samples(tmp_path):
     photos = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)" alt="photo"', html)
     means = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))).reshape(-1, 3).mean(axis=0) for data in photos]
     assert [int(np.argmax(mean)) for mean in means] == [0, 1, 2]  # red, green, blue: never the first x twice
+
+
+def test_a_named_class_table_colours_by_class_and_shows_the_names(photo_output, tmp_path):
+    writer = ClassTableWriter(str(tmp_path / "named"), None, num_classes=2)
+    for shard, keys in {"shard-000000": 2, "shard-000001": 1}.items():
+        rows = np.repeat(np.arange(keys), 4)
+        writer.write_shard(shard, rows=rows, keys=["k"] * len(rows), segment_ids=np.tile(np.arange(4), keys),
+                           classes=np.tile([0, 1, UNKNOWN, 1], keys), scores=np.full(len(rows), 0.75))
+    writer.close("names", "out", ["sky & sea", "tree"])
+    html = gallery(photo_output, tmp_path, "--clusters", str(tmp_path / "named")).read_text()
+    legend = re.search(r'<section class="legend">(.*?)</section>', html).group(1)
+    assert re.findall(r"</span>([^<]+)</li>", legend) == ["sky &amp; sea", "tree", "unknown"]
+    # Every card's segment table names each segment's class, with its score.
+    cells = re.findall(r"<td>[\d.]+%</td><td>[\d.]+</td><td>([^<]+)</td><td>([^<]+)</td></tr>", html)
+    assert {name for name, _ in cells} == {"sky &amp; sea", "tree", "unknown"} and {score for _, score in cells} == {"0.75"}
 
 
 def png_bytes(colour) -> bytes:

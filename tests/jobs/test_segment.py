@@ -46,3 +46,32 @@ def test_a_model_that_cannot_load_is_a_clear_error_not_a_traceback(tmp_path, cap
     code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tmp_path / "missing")])
     assert code == ExitStatus.FAILED
     assert "neither an existing file or folder nor a Hub id" in capsys.readouterr().err
+
+
+def test_with_clip_and_classes_every_segment_is_named(tiny_model, tiny_clip, tmp_path, photos):
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(photos["astronaut"]).resize((96, 64)).save(photo)
+    out = tmp_path / "out"
+    code = run_module("jobs.segment", [str(photo), "--out", str(out), "--model", str(tiny_model), "--device", "cpu",
+                                       "--num-masks", "4", "--resolution", "128", "--clip-model", str(tiny_clip),
+                                       "--clip-resolution", "64", "--classes", "cat,sofa,wall"])
+    assert code == 0
+    labels = np.asarray(Image.open(out / "astronaut.labels.png"))
+    classes = np.asarray(Image.open(out / "astronaut.classes.png"))
+    summary = json.loads((out / "astronaut.json").read_text())
+    assert summary["classes"] == ["cat", "sofa", "wall"] and summary["clip"]["clip_resolution"] == 64
+    names = {segment["id"]: (segment["class"], segment["class_name"]) for segment in summary["segments"]}
+    assert all(name == summary["classes"][class_id] for class_id, name in names.values())
+    # The class map is the label map seen through each segment's class.
+    assert np.array_equal(classes, np.vectorize(lambda s: names[int(s)][0])(labels))
+    overlay = Image.open(out / "astronaut.overlay.png")
+    shown = len(np.unique(classes))
+    assert overlay.height > 64 + 14 * shown - 1  # the photo, then one legend row per class shown
+
+
+def test_classes_without_a_clip_model_is_a_usage_error(tiny_model, tmp_path, capsys):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tiny_model), "--classes", "cat"])
+    assert code == ExitStatus.USAGE
+    assert "both --clip-model and --classes" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 
 from jobs.cli import main
 
-TOOLS = ["make-shards", "preview", "evaluate", "export", "cluster", "inspect"]
+TOOLS = ["make-shards", "preview", "evaluate", "export", "cluster", "inspect", "name"]
 
 
 @pytest.mark.parametrize("name", TOOLS)
