@@ -1,6 +1,7 @@
-"""Random-weight models with SD 1.x's layout at benchmark sizes: "mid" (CPU timings) and "sd15" (SD 1.x's real shapes).
+"""Random-weight models with SD 1.x's layout at benchmark sizes: "mid" (CPU timings) and "sd15" (SD 1.x's real shapes),
+and CLIP models for naming segments: "tiny" and "vitb16" (openai/clip-vit-base-patch16's shapes).
 
-Their masks mean nothing; they measure cost. ``tiny`` is the tests' model (emerdiff/tiny.py).
+Their masks and names mean nothing; they measure cost. ``tiny`` is the tests' model (emerdiff/tiny.py).
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from emerdiff.loading import StableDiffusionParts
-from emerdiff.tiny import TINY_SIZES, random_modules, save_model, scheduler_config
+from emerdiff.loading import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipParts, StableDiffusionParts
+from emerdiff.tiny import TINY_CLIP_SIZES, TINY_SIZES, random_modules, save_model, scheduler_config
 
 SHAPES = {
     "tiny": TINY_SIZES,
@@ -49,3 +50,34 @@ def random_parts(shape: str = "mid", seed: int = 0, directory: str | Path | None
 def save_random_model(shape: str, directory: str | Path, seed: int = 0) -> Path:
     """Write a random model of a named shape to ``directory`` in diffusers' folder format."""
     return save_model(directory, _sizes(shape), seed)
+
+
+CLIP_SHAPES = {
+    "tiny": TINY_CLIP_SIZES,
+    # openai/clip-vit-base-patch16: ViT-B/16 trained at 224 px, a 512-d joint space.
+    "vitb16": {
+        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                   "image_size": 224, "patch_size": 16},
+        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 8,
+                 "vocab_size": 49408},
+        "projection_dim": 512,
+    },
+}
+
+
+def random_clip(shape: str = "vitb16", seed: int = 0) -> ClipParts:
+    """A random CLIP of a named shape, as the parts SegmentCLIP is built from (images only: no tokenizer).
+
+    Lands on torch's current default device, like ``random_parts``.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    if shape not in CLIP_SHAPES:
+        raise ValueError(f"unknown CLIP shape {shape!r}; choose one of {sorted(CLIP_SHAPES)}")
+    sizes = CLIP_SHAPES[shape]
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=sizes["text"], vision_config=sizes["vision"],
+                                 projection_dim=sizes["projection_dim"])).eval()
+    return ClipParts(model=model, tokenizer=None, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+                     source=f"random-{shape}", weights_sha256=f"random-{shape}")

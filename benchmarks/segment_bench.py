@@ -14,6 +14,11 @@ On a random model of SD's layout (``--shape tiny|mid|sd15``, benchmarks/models.p
   ``--flops-shape sd15 --flops-resolution 512 --flops-num-masks 25 --flops-feature-samples 100``
   adds the same count at SD 1.x's full size.
 
+- the CLIP stage that ``label --clip-model`` adds (docs/method.md, "Names for segments"): its
+  seconds per image on the timed images with a random CLIP of ``--clip-shape`` (vitb16: ViT-B/16
+  at ``--clip-resolution`` 448), and its FLOPs on the meta device with their share of the image's
+  total (the full-size count's when ``--flops-shape`` is given).
+
 ``--smoke`` is a seconds-long run on the tiny model, for CI.
 """
 
@@ -93,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flops-resolution", type=int, default=512)
     parser.add_argument("--flops-num-masks", type=int, default=25)
     parser.add_argument("--flops-feature-samples", type=int, default=100)
+    parser.add_argument("--clip-shape", default=None, choices=["none", "tiny", "vitb16"],
+                        help="Random CLIP for the CLIP stage (none skips it). Default: vitb16 (tiny with --smoke).")
+    parser.add_argument("--clip-resolution", type=int, default=None, help="Default: 448 (64 with --smoke).")
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     parser.add_argument("--smoke", action="store_true",
                         help="Tiny model, 128 px, K=2, N=2, 4 k-means restarts, t_m=61, one run: seconds, for CI.")
@@ -102,6 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.shape, args.resolution, args.num_masks, args.runs, args.warmup = "tiny", 128, 2, 1, 0
         args.feature_samples, args.kmeans_restarts, args.modulation_timestep = 2, 4, 61  # a 4-step window
+    smoke_clip = ("tiny", 64) if args.smoke else ("vitb16", 448)
+    args.clip_shape = args.clip_shape or smoke_clip[0]
+    args.clip_resolution = args.clip_resolution or smoke_clip[1]
     return args
 
 
@@ -377,6 +388,45 @@ def meta_counts(shape: str, config: EmerDiffConfig, replays: tuple[str, ...]) ->
     return result
 
 
+# -- the CLIP stage ------------------------------------------------------------------------------
+
+
+def measure_clip(images, results, args, device: torch.device, dtype: torch.dtype) -> dict:
+    """Seconds per image of the CLIP stage (dense embedding and pooling) on the timed images, and its
+    FLOPs per image on the meta device."""
+    from benchmarks.models import random_clip
+    from emerdiff.clip import SegmentCLIP
+
+    clip = SegmentCLIP(random_clip(args.clip_shape), args.clip_resolution, device, dtype)
+    label_maps = [result.labels for result in results]
+
+    def embed(batch):
+        return clip.segment_embeddings_batch(batch, label_maps, args.num_masks)
+
+    meter = StageMeter()
+    timing, _ = timed(embed, images, args.runs, args.warmup, meter, device)
+    return {"shape": args.clip_shape, "resolution": args.clip_resolution, "grid": clip.grid,
+            "seconds_per_image": timing["seconds_per_image"], "best_seconds_per_image": timing["best_seconds_per_image"],
+            "best_cpu_seconds_per_image": timing["best_cpu_seconds_per_image"],
+            "flops": clip_flops(args.clip_shape, args.clip_resolution)}
+
+
+def clip_flops(shape: str, resolution: int) -> int:
+    """FLOPs of one image's dense CLIP embedding, counted on the meta device (pooling is a small matmul on the host)."""
+    from PIL import Image
+
+    from benchmarks.models import random_clip
+    from emerdiff.clip import SegmentCLIP
+
+    with torch.device("meta"):
+        parts = random_clip(shape)
+    clip = SegmentCLIP(parts, resolution, torch.device("meta"), torch.float32)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    with counter:
+        clip.dense_embeddings([Image.new("RGB", (resolution, resolution))])
+    return counter.get_total_flops()
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -421,6 +471,10 @@ def run(args: argparse.Namespace) -> dict:
                               feature_samples=args.flops_feature_samples)
         # No memory to budget on the meta device: both ends of attention_replay.
         report["full_size_counts"] = meta_counts(args.flops_shape, full, ("probabilities", "query_key"))
+    if args.clip_shape != "none":
+        report["clip"] = measure_clip(images, results, args, device, dtype)
+        method = report.get("full_size_counts", report["counts"])["production"][0]["flops_total"]
+        report["clip"]["share_of_image_flops"] = report["clip"]["flops"] / (method + report["clip"]["flops"])
     return report
 
 
@@ -450,6 +504,11 @@ def print_table(report: dict) -> None:
     for key in ("counts", "full_size_counts"):
         if key in report:
             print_counts(report[key])
+    if "clip" in report:
+        clip = report["clip"]
+        print(f"\nCLIP stage ({clip['shape']} at {clip['resolution']} px, a {clip['grid']}x{clip['grid']} grid): "
+              f"best {clip['best_seconds_per_image']:.3f} s/img, {clip['flops'] / 1e12:.4f} TFLOP/img "
+              f"({clip['share_of_image_flops']:.2e} of the image's total)")
 
 
 def print_counts(counts: dict) -> None:

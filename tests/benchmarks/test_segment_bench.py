@@ -25,4 +25,9 @@ def test_smoke_benchmark_writes_the_report(tmp_path, capsys):
         assert all(flops > 0 for flops in path["flops"].values())
     production_flops = counts["production"][0]
     assert production_flops["flops_ratio_to_reference"] == production_flops["flops_total"] / counts["reference"]["flops_total"]
-    assert "production/reference" in capsys.readouterr().out
+    # --smoke: the tiny CLIP at 64 px (an 8 x 8 grid) on the timed images.
+    clip = report["clip"]
+    assert (clip["shape"], clip["grid"]) == ("tiny", 8) and clip["best_seconds_per_image"] > 0 and clip["flops"] > 0
+    assert clip["share_of_image_flops"] == clip["flops"] / (production_flops["flops_total"] + clip["flops"])
+    printed = capsys.readouterr().out
+    assert "production/reference" in printed and "CLIP stage (tiny at 64 px" in printed

@@ -31,16 +31,18 @@ def _upload_folder(local, url, storage_options):
             fs.pipe_file(f"{root}/{path.relative_to(local).as_posix()}", path.read_bytes())
 
 
-def test_s3_shards_to_s3_labels_with_a_model_from_s3(ray_session, s3_bucket, s3_storage_options, tiny_model,
+def test_s3_shards_to_s3_labels_with_a_model_from_s3(ray_session, s3_bucket, s3_storage_options, tiny_model, tiny_clip,
                                                       make_samples, tmp_path, capsys):
     samples = make_samples(0, 2)
     samples.insert(1, {"__key__": "broken", "jpg": b"\xff\xd8 not really a jpeg"})
     write_shards(f"{s3_bucket}/shards", {"shard-000000.tar": samples, "shard-000001.tar": make_samples(1, 1)},
                  s3_storage_options)
     _upload_folder(tiny_model, f"{s3_bucket}/models/tiny", s3_storage_options)
+    _upload_folder(tiny_clip, f"{s3_bucket}/models/clip", s3_storage_options)
     output = f"{s3_bucket}/labels/run1"
     argv = ["--input", f"{s3_bucket}/shards/shard-{{000000..000001}}.tar", "--output", output,
             "--model", f"{s3_bucket}/models/tiny", "--model-cache-dir", str(tmp_path / "model-cache"),
+            "--clip-model", f"{s3_bucket}/models/clip", "--clip-resolution", "64",
             "--storage-options", json.dumps(s3_storage_options), *METHOD_FLAGS]
 
     assert run_module("jobs.label", argv) == 0
@@ -66,7 +68,10 @@ def test_s3_shards_to_s3_labels_with_a_model_from_s3(ray_session, s3_bucket, s3_
         text = fs.cat_file(f"{root}/{name}").decode()
         assert "testing-secret" not in text and "testing-key" not in text
     assert read_job(output, s3_storage_options)["model"] == f"{s3_bucket}/models/tiny"
-    assert len(list((tmp_path / "model-cache").iterdir())) == 1  # one copy, renamed into place
+    # The actor loaded CLIP from S3 too: every segment carries its embedding, and the output records the model.
+    assert all(len(segment["clip_embedding"]) == 16 for row in rows if row["status"] == "ok" for segment in row["segments"])
+    assert read_job(output, s3_storage_options)["clip"]["clip_model"] == f"{s3_bucket}/models/clip"
+    assert len(list((tmp_path / "model-cache").iterdir())) == 2  # one copy of each model, renamed into place
 
     # Rerun: nothing left to do.
     assert run_module("jobs.label", argv) == 0
