@@ -188,3 +188,19 @@ def test_an_output_without_job_file_is_not_resumed(tmp_path, make_job):
 def test_two_inputs_with_one_output_name_are_refused(tmp_path, make_job):
     with pytest.raises(ValueError, match="both be written as data/shard-1.parquet"):
         plan_job(make_job(["a/shard-1.tar", "b/shard-1.tar"], tmp_path / "out"))
+
+
+def test_an_output_of_schema_version_1_resumes_unchanged(tmp_path, make_job, make_samples, fast_segmenter):
+    # Written before CLIP embeddings existed: _job.json has no "clip" and says schema 1.
+    urls = write_shards(str(tmp_path / "in"), {f"shard-{i:06d}.tar": make_samples(i, 1) for i in range(2)})
+    output = tmp_path / "out"
+    job = make_job(urls, output, executor="local")
+    assert run_job(job.replace(inputs=job.inputs[:1]), segmenter=fast_segmenter).exit_code == 0
+    record = json.loads((output / "_job.json").read_text())
+    del record["clip"]
+    record["schema_version"] = 1
+    (output / "_job.json").write_text(json.dumps(record))
+    summary = run_job(job, segmenter=fast_segmenter)
+    assert (summary.skipped, summary.labelled, summary.exit_code) == (1, 1, 0)
+    assert _keys(output) == Counter({"s00-000": 1, "s01-000": 1})
+    assert read_job(str(output))["clip"] is None and read_job(str(output))["config_hash"] == record["config_hash"]
