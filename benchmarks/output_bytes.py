@@ -12,13 +12,12 @@ as badly as real ones (float16 values with no structure Parquet's encodings coul
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
 
 from benchmarks.models import CLIP_SHAPES, SHAPES, random_clip
 from benchmarks.pipeline_bench import input_shards, model_folder
-from benchmarks.report import run_and_report
+from benchmarks.report import benchmark_main
 from emerdiff.tiny import _save_tokenizer
 from pipeline.config import LabelJobConfig
 from pipeline.driver import run_job
@@ -83,9 +82,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    run_and_report(run, print_table, parse_args(argv))
-    return 0
+    return benchmark_main(argv, parse_args, run, print_table)
 
 
 if __name__ == "__main__":

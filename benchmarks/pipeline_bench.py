@@ -48,7 +48,7 @@ from PIL import Image
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.images import to_rgb
 from benchmarks.models import save_random_model
-from benchmarks.report import run_and_report
+from benchmarks.report import benchmark_main
 from emerdiff.tiny import tiny_model_dir
 from jobs.tools.image_shards import ShardsConfig, make_shards
 from pipeline.config import LabelJobConfig
@@ -366,9 +366,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    run_and_report(run, print_table, parse_args(argv))
-    return 0
+    return benchmark_main(argv, parse_args, run, print_table)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable
 
 
@@ -16,3 +17,11 @@ def run_and_report(run: Callable[[argparse.Namespace], dict], print_table: Calla
         args.json.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.json}")
     return report
+
+
+def benchmark_main(argv, parse_args: Callable, run: Callable[[argparse.Namespace], dict],
+                   print_table: Callable[[dict], None]) -> int:
+    """A benchmark's ``main``: quiet logging, then ``run_and_report``; exit status 0."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_and_report(run, print_table, parse_args(argv))
+    return 0

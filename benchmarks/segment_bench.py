@@ -40,7 +40,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from benchmarks.models import random_parts
-from benchmarks.report import run_and_report
+from benchmarks.report import benchmark_main
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff.config import Compile, Replay
 from emerdiff.reference import ReferenceEmerDiff
@@ -528,9 +528,7 @@ def print_counts(counts: dict) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    run_and_report(run, print_table, parse_args(argv))
-    return 0
+    return benchmark_main(argv, parse_args, run, print_table)
 
 
 if __name__ == "__main__":

@@ -85,11 +85,7 @@ def load_parts(source: str, dtype: torch.dtype, allow_pickle: bool = False) -> S
 
         logger.warning("Using the tiny random model: a plumbing check, its masks mean nothing.")
         return _load_folder(str(tiny_model_dir()), "tiny", dtype, allow_pickle)
-    if "://" in source:
-        raise ModelLoadError(
-            f"{source!r} is a URL. Copy the diffusers folder to local disk first, or let the labelling "
-            "job do it (`emerdiff label --model URL` caches it once per node)."
-        )
+    _refuse_url(source, "diffusers folder", "--model")
     path = Path(source).expanduser()
     if path.is_file():
         return _load_single_file(path, dtype, allow_pickle)
@@ -102,13 +98,26 @@ def load_parts(source: str, dtype: torch.dtype, allow_pickle: bool = False) -> S
                 "StableDiffusionPipeline.save_pretrained); for a single .safetensors checkpoint pass the file itself."
             )
         return _load_folder(str(path), source, dtype, allow_pickle)
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not _is_hub_id(source):
         raise ModelLoadError(
             f"Model {source!r} is neither an existing file or folder nor a Hub id of the form 'owner/name'. "
             "Pass a diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/), a .safetensors "
             "checkpoint, a Hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5', or 'tiny'."
         )
     return _load_folder(source, source, dtype, allow_pickle)
+
+
+def _refuse_url(source: str, what: str, flag: str) -> None:
+    # The library reads local files only; the commands fetch a URL's folder once per machine.
+    if "://" in source:
+        raise ModelLoadError(
+            f"{source!r} is a URL. Copy the {what} to local disk first (pipeline.models.local_model_source does, "
+            f"once per machine), or pass the URL as {flag} to the `emerdiff` commands, which do it for you."
+        )
+
+
+def _is_hub_id(source: str) -> bool:
+    return not source.startswith((".", "/", "~")) and source.count("/") == 1
 
 
 def _load_folder(location: str, source: str, dtype: torch.dtype, allow_pickle: bool) -> StableDiffusionParts:
@@ -202,18 +211,14 @@ def load_clip(source: str, allow_pickle: bool = False) -> ClipParts:
 
         logger.warning("Using the tiny random CLIP: a plumbing check, its names mean nothing.")
         return _load_clip_folder(str(tiny_clip_dir()), "tiny", allow_pickle)
-    if "://" in source:
-        raise ModelLoadError(
-            f"{source!r} is a URL. Copy the CLIP folder to local disk first, or let the labelling job do it "
-            "(`emerdiff label --clip-model URL` caches it once per node)."
-        )
+    _refuse_url(source, "CLIP folder", "--clip-model")
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{source!r} is not a transformers model folder: it has no config.json "
                                  "(save one with CLIPModel.save_pretrained and the tokenizer's save_pretrained)")
         return _load_clip_folder(str(path), source, allow_pickle)
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not _is_hub_id(source):
         raise ModelLoadError(
             f"CLIP model {source!r} is neither an existing folder nor a Hub id of the form 'owner/name'. Pass a "
             "transformers CLIP folder, a Hub id such as 'openai/clip-vit-base-patch16', or 'tiny'."

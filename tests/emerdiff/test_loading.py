@@ -71,8 +71,8 @@ def test_other_files_are_not_checkpoints(tmp_path):
         EmerDiffSegmenter.from_pretrained(str(tmp_path / "notes.txt"), device="cpu")
 
 
-def test_urls_point_to_the_labelling_job_cache():
-    with pytest.raises(ModelLoadError, match="emerdiff label --model URL"):
+def test_urls_point_to_the_commands_that_fetch_them():
+    with pytest.raises(ModelLoadError, match="pass the URL as --model to the `emerdiff` commands"):
         EmerDiffSegmenter.from_pretrained("s3://bucket/models/sd15", device="cpu")
 
 
