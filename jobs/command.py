@@ -3,8 +3,8 @@
 Every tool module in ``jobs/`` declares a ``Command`` and exposes its ``add_arguments`` and ``run``
 (the protocol ``jobs.cli`` expects); this class owns what they would otherwise each repeat: the
 flags, ``--storage-options`` when the config has storage options, ``--json FILE`` when the result
-has a JSON form, turning the config's own ValueErrors into exit status 2, and the exit statuses of
-``pipeline.tasks.ExitStatus``.
+has a JSON form, turning the config's own ValueErrors (and inputs not found) into exit status 2,
+and the exit statuses of ``pipeline.tasks.ExitStatus``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Command:
         try:
             config = build_config(self.config, args, **storage)
             result = self.action(config)
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:  # the config's own checks, an input that is not there
             logger.error("%s", error)
             return ExitStatus.USAGE
         status = self.report(config, result) or ExitStatus.OK

@@ -77,11 +77,12 @@ def name_segments(config: NameConfig) -> dict:
 
 
 def class_names(classes: str, storage_options: dict) -> list[str]:
-    """The class list: read from a file when ``classes`` names one (a URL, or an existing local file), else
-    the comma-separated names, trimmed."""
-    if has_scheme(classes) or Path(classes).is_file():
-        return [name.strip() for name in read_list_file(classes, storage_options, what="class list", flag="--classes",
-                                                         entries="class names")]
+    """The class list: read from a file when ``classes`` names one (a URL, an existing local file, or a
+    path-like word such as ``names.txt``), else the comma-separated names, trimmed."""
+    path_like = "," not in classes and ("/" in classes or Path(classes).suffix.lower() in (".txt", ".csv", ".lst"))
+    if has_scheme(classes) or Path(classes).is_file() or path_like:
+        names = read_list_file(classes, storage_options, what="class list", flag="--classes", entries="class names")
+        return [name.strip() for name in names]
     return [name.strip() for name in classes.split(",")]
 
 

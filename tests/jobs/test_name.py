@@ -167,6 +167,7 @@ def test_naming_an_output_without_embeddings_is_refused_and_writes_nothing(label
 @pytest.mark.parametrize(("classes", "message"), [
     ("cat,Cat ", "class 'cat' is listed twice"),
     ("cat,,dog", "class names must not be empty (position 1)"),
+    ("no-such-names.txt", "class list no-such-names.txt does not exist"),  # a file name, not a class
 ])
 def test_a_bad_class_list_is_refused_and_writes_nothing(labelled, tmp_path, caplog, classes, message):
     _, output = labelled
