@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ from schemas.reading import ROW, flatten_segments, iter_batches
 from schemas.shards import expand_shards, shard_name
 from schemas.urls import read_list_file
 
+logger = logging.getLogger(__name__)
+
 GROUND_TRUTH_MEMBER = "seg.png"
 SampleId = tuple[str, str, int]  # (shard name, key, occurrence of the key in the shard, from 0)
 
@@ -54,7 +57,8 @@ class EvaluationConfig:
     ignore_index: int = option(255, "Ground-truth value of unlabelled pixels.")
     protocols: tuple[str, ...] | None = option(
         None, "Protocol to report; repeat for several. Default: the two Hungarian protocols, and by-name when "
-              "--clusters is a named class table and the ground truth has names.",
+              "--clusters is a named class table and the ground truth has names (dataset-hungarian then clusters "
+              "on its own).",
         name="--protocol", action="append", type=str, choices=list(PROTOCOLS), metavar="PROTOCOL")
     clusters: str | None = option(
         None, "Class table folder: from `emerdiff name` it is scored by-name; from `emerdiff cluster` it gives "
@@ -145,7 +149,8 @@ def evaluate(config: EvaluationConfig) -> EvaluationReport:
     protocols = _protocols(config, table, truth_names)
     truth = read_ground_truth(config.ground_truth, config.storage_options)
     matched = match_rows(config, truth)
-    dataset_classes = _dataset_classes(config, num_classes, table, matched) if DATASET in protocols else None
+    clusters = table if table is not None and table.class_names is None else None  # a named table is for by-name
+    dataset_classes = _dataset_classes(config, num_classes, clusters, matched) if DATASET in protocols else None
     by_name = _NameMapping(table, truth_names) if BY_NAME in protocols else None
     tally = _Tally(config, num_classes, truth, matched, protocols, dataset_classes, by_name)
     clustering = isinstance(dataset_classes, MiniBatchKMeans)
@@ -168,13 +173,11 @@ def _protocols(config: EvaluationConfig, table: ClassTable | None, truth_names: 
         if BY_NAME in config.protocols and not (named and truth_names):
             raise ValueError(f"{BY_NAME} needs a named class table (--clusters DIR from `emerdiff name`) and the ground "
                              "truth's class names (--gt-mapping or --gt-names)")
-        if DATASET in config.protocols and table is not None and named:
-            raise ValueError(f"--clusters {config.clusters} is a named class table: score it {BY_NAME}, or leave "
-                             f"--clusters out for {DATASET}")
         return config.protocols
-    if named:
-        return (PER_IMAGE, BY_NAME) if truth_names else (PER_IMAGE,)
-    return (PER_IMAGE, DATASET)
+    if named and not truth_names:
+        logger.warning("--clusters %s has class names but the ground truth has none: pass --gt-mapping or --gt-names "
+                       "to score it %s", config.clusters, BY_NAME)
+    return (PER_IMAGE, DATASET, BY_NAME) if named and truth_names else (PER_IMAGE, DATASET)
 
 
 def ground_truth_names(config: EvaluationConfig) -> list[str] | None:

@@ -103,7 +103,7 @@ def test_a_named_class_table_is_scored_by_name_next_to_per_image(tmp_path, capsy
     assert main(["evaluate", str(tmp_path / "out"), "--gt", gt, "--gt-names", str(names), "--clusters",
                  named_table(tmp_path / "named"), "--json", str(report)]) == 0
     scores = json.loads(report.read_text())["protocols"]
-    assert list(scores) == ["per-image-hungarian", "by-name"]  # --classes comes from the names
+    assert list(scores) == ["per-image-hungarian", "dataset-hungarian", "by-name"]  # --classes comes from the names
     assert scores["by-name"]["mIoU"] == pytest.approx(BY_NAME_MIOU)
     assert scores["by-name"]["pixel_accuracy"] == pytest.approx(BY_NAME_ACCURACY)
     assert scores["by-name"]["names_not_in_ground_truth"] == ["car"]

@@ -149,7 +149,7 @@ def test_coco_export_and_evaluation_use_the_names(labelled, tmp_path, capsys):
     assert main(["evaluate", output, "--gt", shards, "--gt-names", str(tmp_path / "gt-names.txt"),
                  "--clusters", str(tmp_path / "named"), "--json", str(report)]) == 0
     scores = json.loads(report.read_text())["protocols"]
-    assert list(scores) == ["per-image-hungarian", "by-name"]
+    assert list(scores) == ["per-image-hungarian", "dataset-hungarian", "by-name"]
     assert scores["by-name"]["num_images"] == 3 and 0 <= scores["by-name"]["pixel_accuracy"] <= 100
     assert scores["by-name"]["names_not_in_ground_truth"] == []
     assert "by-name" in capsys.readouterr().out
