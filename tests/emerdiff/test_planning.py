@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from map_agreement import assert_labels_agree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -18,6 +19,7 @@ from benchmarks.models import random_parts
 from emerdiff import EmerDiffConfig, EmerDiffSegmenter
 from emerdiff import planning
 from emerdiff.attention import attention_layer_names
+from emerdiff.images import to_rgb
 
 GiB = 2**30
 
@@ -102,8 +104,18 @@ def test_first_image_labels_equal_an_unprobed_run(cuda_memory, tiny_config, phot
     # An unprobed run: the chunk fixed in the config (a different one: chunks do not change results).
     fixed = EmerDiffSegmenter(random_parts("tiny"), config.replace(chunk_size=2), torch.device("cpu"), torch.float32)
     expected = fixed.segment(image)
-    np.testing.assert_array_equal(first.labels, expected.labels)
+    # Both ran their 2 feature passes as one batch of 2: the same kernels, so the same k-means input.
     np.testing.assert_array_equal(first.lowres_labels, expected.lowres_labels)
+    # The modulated runs went in batches of different sizes, whose kernels round differently (and
+    # differently again on another CPU): the labels agree wherever the margin exceeds that rounding.
+    assert_labels_agree(first.labels, expected.labels, _difference_maps(planned, image, first.lowres_labels),
+                        _difference_maps(fixed, image, first.lowres_labels))
+
+
+@torch.inference_mode()
+def _difference_maps(segmenter, image, lowres):
+    latent = segmenter._encode([to_rgb(image)])
+    return segmenter._difference_maps(latent, segmenter._token_masks(torch.from_numpy(lowres), segmenter.config.num_masks))
 
 
 def test_a_tight_budget_splits_the_decodes(tiny_config):
