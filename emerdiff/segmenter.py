@@ -283,10 +283,16 @@ def _compile_unet_blocks(unet: torch.nn.Module) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     for module in unet.modules():
         if isinstance(module, Attention):
-            # A method bound to this module, not a closure over its forward, so that deep copies
-            # (the slow reference copies the UNet) call their own attention.
-            module.forward = types.MethodType(torch.compiler.disable(type(module).forward), module)
+            _run_eagerly(module)
     unet.compile_repeated_blocks(dynamic=True)
+
+
+def _run_eagerly(attention: torch.nn.Module) -> None:
+    """Make dynamo call ``attention``'s forward without tracing it (diffusers' ``Attention.forward``
+    hands its inputs to the processor; tests/emerdiff/test_diffusers_calls.py pins that)."""
+    # A method bound to this module, not a closure over its forward, so that deep copies (the
+    # slow reference copies the UNet) call their own attention.
+    attention.forward = types.MethodType(torch.compiler.disable(type(attention).forward), attention)
 
 
 def float32_precision(device_type: str, tf32: bool) -> dict[str, str]:
