@@ -228,7 +228,7 @@ def estimate_peak(shapes: ModelShapes, element_bytes: int, steps: int, num_masks
         "encode": store + _vae_encoder_peak(shapes, 1),
         "features": store + _unet_peak(shapes, element_bytes, chunk) + chunk * latent,
         "inversion": store + _unet_peak(shapes, element_bytes, min(chunk, steps)) + 4 * steps * latent
-        + probability_transient_bytes(shapes, probability_layers),
+        + probability_transient_bytes(shapes.attention, probability_layers),
         "modulated runs": store + _unet_peak(shapes, element_bytes, chunk) + 3 * chunk * latent + 2 * steps * latent
         + differences,
         "decodes": store + _vae_decoder_peak(shapes, decode_chunk) + chunk * (latent + images) + 2 * steps * latent
@@ -250,13 +250,13 @@ def store_bytes(shapes: ModelShapes, element_bytes: int, steps: int, probability
     return steps * total * element_bytes
 
 
-def probability_transient_bytes(shapes: ModelShapes, probability_layers: frozenset[str]) -> int:
+def probability_transient_bytes(attention: tuple[AttentionLayer, ...], probability_layers: frozenset[str]) -> int:
     """One step's float32 logits, softmax, query and key in the largest recorded layer, alive while it records.
 
     ``emerdiff.attention.attention_probabilities`` computes them one step at a time.
     """
     return max((4 * (2 * layer.probability_elements + layer.query_key_elements)
-                for layer in shapes.attention if layer.name in probability_layers), default=0)
+                for layer in attention if layer.name in probability_layers), default=0)
 
 
 # -- the walks ---------------------------------------------------------------------------------------

@@ -82,9 +82,9 @@ def describe(error: BaseException) -> str:
 
 def run_locally(queue: ShardQueue, labeler: ShardLabeler, on_progress: ProgressCallback) -> Iterator[Event]:
     """Label the queue's shards one after another in this process."""
-    yield WorkerReady({**labeler.model_info, "worker": labeler.worker})
     from pipeline.failures import END_WORKER, failure_action
 
+    yield WorkerReady({**labeler.model_info, "worker": labeler.worker})
     while queue:
         task = queue.pop()
         try:

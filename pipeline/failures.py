@@ -4,10 +4,10 @@ The one place that maps an exception to what happens next (the batch stage, the 
 local loop all ask ``failure_action``):
 
 - ``ERROR_ROW``: a failure confined to the images it was computing: a ``RuntimeError`` or
-  ``ValueError`` from the model (an odd picture, a NaN), or out of device memory once the
-  segmenter has already halved its chunks to 1 (``EmerDiffSegmenter._shrinking_on_oom``). A
-  failed batch is retried one image at a time; an image that still fails becomes a row with the
-  reason, and the shard is committed.
+  ``ValueError`` from the model (an odd picture, a NaN), or out of device memory that halving the
+  segmenter's chunks down to 1 did not avoid (``EmerDiffSegmenter._shrinking_on_oom`` tries that
+  first). A failed batch is retried one image at a time; an image that still fails becomes a row
+  with the reason, and the shard is committed.
 - ``END_WORKER``: the device itself is broken, a CUDA error other than out-of-memory (after an
   illegal memory access every later kernel of the process fails too). The shard attempt fails
   with no marker and the worker process ends, so that Ray starts a fresh one, with a fresh CUDA
