@@ -66,7 +66,8 @@ from emerdiff.segmenter import float32_precision
 
 logger = logging.getLogger("benchmarks.gpu_check")
 
-PHOTOS = Path(__file__).resolve().parent.parent / "samples" / "photos"
+REPOSITORY = Path(__file__).resolve().parent.parent
+PHOTOS = REPOSITORY / "samples" / "photos"
 
 # Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets; the
 # first name contained in torch.cuda.get_device_name() wins, so more specific names come first.
@@ -512,10 +513,10 @@ def run_option(settings: Settings, name: str, changes: dict, state: dict, timeou
         started = time.perf_counter()
         outcome = run_child(command, folder / "log.txt", timeout)
         if outcome is not None:
-            return {"error": outcome, "timeout_seconds": timeout, "section_seconds": time.perf_counter() - started}
+            return {"error": outcome, "timeout_seconds": timeout, "process_seconds": time.perf_counter() - started}
         result = json.loads((folder / "result.json").read_text())
         with np.load(folder / "labels.npz") as saved:
-            labels = [saved[key] for key in sorted(saved.files)]
+            labels = [saved[f"arr_{index}"] for index in range(len(saved.files))]  # np.savez's names, in order
     result.update(identical_label_pixels=agreement(labels, state["base_labels"][: len(labels)]),
                   speedup=state["seconds_per_image"] / result["seconds_per_image"], timeout_seconds=timeout,
                   process_seconds=time.perf_counter() - started)
@@ -528,7 +529,8 @@ def run_option(settings: Settings, name: str, changes: dict, state: dict, timeou
 def run_child(command: list[str], log: Path, timeout: float) -> str | None:
     """Run ``command`` in its own process group; None if it succeeded, else why not (the log's end)."""
     with open(log, "w") as output:
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                 cwd=REPOSITORY)  # where ``-m benchmarks.gpu_check`` resolves
         try:
             returncode = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
