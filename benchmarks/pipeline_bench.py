@@ -152,11 +152,12 @@ def row_encode_seconds(results: dict) -> float:
 
 
 @contextlib.contextmanager
-def local_ray(threads: int):
+def local_ray(threads: int, gpus: int = 0):
     """A local Ray for the job (timed by the caller), or the caller's when one is initialised already.
 
     Yields whether this started it. Workers inherit the environment the raylet starts with, so
-    OMP_NUM_THREADS is set for that moment only, not left in this process.
+    OMP_NUM_THREADS is set for that moment only, not left in this process. ``gpus`` is given to Ray
+    as it is: its own GPU detection can come up empty, and a GPU actor would then wait forever.
     """
     if ray.is_initialized():
         yield False
@@ -164,7 +165,7 @@ def local_ray(threads: int):
     previous = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        ray.init(address="local", num_cpus=threads, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=threads, num_gpus=gpus, include_dashboard=False, configure_logging=False)
     finally:
         if previous is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -186,12 +187,15 @@ def ray_worker_threads(threads: int) -> int:
     return ray.get(torch_thread_count.remote())
 
 
-def run_ray_job(job, threads: int) -> dict:
-    """Run the job on a local Ray; wall-clock times (time.time) of its phases, comparable to file mtimes."""
+def run_ray_job(job, threads: int, gpus: int = 0, distribute=None) -> dict:
+    """Run the job on a local Ray; wall-clock times (time.time) of its phases, comparable to file mtimes.
+
+    ``distribute``: as ``run_job``'s (the GPU check's warmed-up actors with a ready deadline).
+    """
     started = time.time()
-    with local_ray(threads) as owned:
+    with local_ray(threads, gpus) as owned:
         ray_ready = time.time()
-        summary = run_job(job)
+        summary = run_job(job, distribute=distribute)
         job_done = time.time()
         if summary.failed or summary.stats.rows == 0:
             raise RuntimeError(f"the labelling job did not label every shard, so there is nothing to compare:\n{summary.format()}")

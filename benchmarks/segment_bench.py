@@ -338,12 +338,13 @@ def count_production(parts, config: EmerDiffConfig) -> dict:
     with torch.no_grad():  # not inference_mode, under which the FLOP counter decomposes every op, slowly
         segmenter._features(latent)
         runs = 2 * config.num_masks
-        chunk = segmenter._chunk_size(runs)
+        chunk = min(runs, segmenter.chunks.unet)
         samples = denoiser.inversion.samples(latent, torch.Generator("cpu").manual_seed(config.seed))
         noise_maps = denoiser.invert(latent, samples, chunk)
         modulations = torch.zeros(runs, segmenter._modulation_side**2, device="meta")
         for first in range(0, runs, chunk):
-            segmenter._decode(denoiser.modulated_runs(samples[:1], noise_maps, modulations[first : first + chunk]))
+            segmenter._decode(denoiser.modulated_runs(samples[:1], noise_maps, modulations[first : first + chunk]),
+                              segmenter.chunks.decode)
     return {"attention_replay": config.attention_replay, "chunk_size": chunk,
             "probability_layers": len(denoiser.state.probability_layers), **meter.per_image(1)}
 

@@ -180,10 +180,20 @@ def attention_probabilities(query: torch.Tensor, key: torch.Tensor) -> torch.Ten
 
     The logits and the softmax are float32 whatever the model's dtype: in float16, unscaled QK^T
     of SD's 64x64 layers can overflow, which the fused kernels avoid by scaling first and
-    accumulating in float32. Computed once per image, so the cost does not matter.
+    accumulating in float32. One row of the batch (one step of the reference run) at a time: the
+    float32 logits and softmax of a 64x64 layer take 0.5 GiB each per step, 15 steps at once would
+    take 15 GiB (emerdiff/planning.py counts one step). Computed once per image, so the loop costs nothing.
     """
-    logits = (query.float() * query.shape[-1] ** -0.5) @ key.float().transpose(-1, -2)
-    return torch.softmax(logits, dim=-1).to(query.dtype)
+    probabilities = query.new_empty(*query.shape[:-1], key.shape[-2])
+    for row in range(query.shape[0]):
+        probabilities[row] = _float32_softmax(query[row], key[row])
+    return probabilities
+
+
+def _float32_softmax(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    # A function of its own, so that one row's logits are freed before the next row's are made.
+    logits = (query.float() * query.shape[-1] ** -0.5) @ key.float().transpose(-1, -2)  # (heads, tokens, tokens)
+    return torch.softmax(logits, dim=-1)
 
 
 def apply_probabilities(probabilities: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,10 @@ class Denoiser:
             captured = self._features(noisy).float()  # (rows, tokens, channels)
             if sums is None:
                 sums = captured.new_zeros(images, *captured.shape[1:])
-            sums.index_add_(0, rows // samples, captured)
+            # One draw at a time, in draw order: the same additions whatever the chunking, and no
+            # index_add_, whose float atomics on CUDA add in whatever order the threads arrive.
+            for offset, row in enumerate(range(first, first + len(rows))):
+                sums[row // samples] += captured[offset]
         return sums / samples
 
     def invert(self, latent: torch.Tensor, samples: torch.Tensor, chunk: int) -> torch.Tensor:

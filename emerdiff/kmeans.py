@@ -47,14 +47,25 @@ def kmeans_plus_plus(points: torch.Tensor, num_clusters: int, restarts: int, gen
     indices = [chosen]
     nearest_sq = _squared_distances(points, points[chosen])  # (restarts, N)
     for k in range(1, num_clusters):
-        cumulative = nearest_sq.double().cumsum(dim=1)  # (restarts, N)
-        target = uniforms[:, k : k + 1] * cumulative[:, -1:]
+        cumulative = _integer_weights(nearest_sq).cumsum(dim=1)  # (restarts, N)
+        target = (uniforms[:, k : k + 1] * cumulative[:, -1:]).long()
         # The first point whose cumulative weight exceeds the target; points of weight 0 (already
         # chosen, or coinciding with a centre) are never drawn unless every weight is 0.
         chosen = torch.searchsorted(cumulative, target, right=True)[:, 0].clamp_max(count - 1)
         indices.append(chosen)
         nearest_sq = torch.minimum(nearest_sq, _squared_distances(points, points[chosen]))
     return points[torch.stack(indices, dim=1)]  # (restarts, K, C)
+
+
+def _integer_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(R, N) int64 weights proportional to non-negative (R, N) ones, the largest of each row 2**40.
+
+    Their cumulative sums are exact, so k-means++ draws the same points on every device: CUDA's
+    floating-point cumsum is not deterministic (``torch.use_deterministic_algorithms`` lists it).
+    N * 2**40 stays far below int64's limit; a weight under 2**-40 of the row's largest counts as 0.
+    """
+    largest = weights.double().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return (weights.double() / largest * 2.0**40).round().long()
 
 
 def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -41,11 +41,15 @@ def confidence_margin(maps: torch.Tensor) -> torch.Tensor:
 
 
 def mean_per_label(values: torch.Tensor, labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """(K,) mean of an (H, W) map over each label's pixels; 0 for labels with no pixel."""
-    flat = labels.reshape(-1)
-    sums = torch.zeros(num_labels, dtype=values.dtype, device=values.device).index_add_(0, flat, values.reshape(-1))
-    counts = torch.bincount(flat, minlength=num_labels).to(values.dtype)
-    return sums / counts.clamp_min(1)
+    """(K,) mean of an (H, W) map over each label's pixels; 0 for labels with no pixel.
+
+    A masked sum per label, not ``index_add_``: on CUDA that adds with float atomics in whatever
+    order the threads arrive, so the same image could score differently from run to run.
+    """
+    ids = torch.arange(num_labels, device=labels.device)
+    members = labels.reshape(1, -1) == ids[:, None]  # (K, H * W)
+    sums = torch.where(members, values.reshape(1, -1), 0).sum(dim=1)
+    return sums / members.sum(dim=1).clamp_min(1).to(values.dtype)
 
 
 def segment_embeddings(labels: torch.Tensor, features: torch.Tensor, num_labels: int) -> torch.Tensor:

@@ -113,6 +113,29 @@ class MemoryPlan:
         return dataclasses.asdict(self)
 
 
+class ChunkSizes:
+    """The chunk sizes in use: the plan's, until running out of memory halves one for good.
+
+    The estimate can miss what a device allocates beside the tensors (fragmentation, workspaces,
+    another process on the GPU); halving the chunk that failed, down to 1, and keeping it for
+    every later image, costs a little speed instead of the image.
+    """
+
+    def __init__(self, plan: MemoryPlan):
+        self.unet = plan.chunk_size  # rows per UNet batch (feature passes, inversion steps, modulated runs)
+        self.decode = plan.decode_chunk  # latents per VAE decode
+
+    def halve(self, kind: str) -> bool:
+        """Halve the ``kind`` ("unet" or "decode") chunk; False when it is 1 already."""
+        size = getattr(self, kind)
+        if size == 1:
+            return False
+        setattr(self, kind, size // 2)
+        logger.warning("out of device memory at %s chunk %d: continuing at %d for the rest of this segmenter's life",
+                       kind, size, size // 2)
+        return True
+
+
 # -- free memory -----------------------------------------------------------------------------------
 
 
@@ -204,7 +227,8 @@ def estimate_peak(shapes: ModelShapes, element_bytes: int, steps: int, num_masks
     stages = {
         "encode": store + _vae_encoder_peak(shapes, 1),
         "features": store + _unet_peak(shapes, element_bytes, chunk) + chunk * latent,
-        "inversion": store + _unet_peak(shapes, element_bytes, min(chunk, steps)) + 4 * steps * latent,
+        "inversion": store + _unet_peak(shapes, element_bytes, min(chunk, steps)) + 4 * steps * latent
+        + probability_transient_bytes(shapes.attention, probability_layers),
         "modulated runs": store + _unet_peak(shapes, element_bytes, chunk) + 3 * chunk * latent + 2 * steps * latent
         + differences,
         "decodes": store + _vae_decoder_peak(shapes, decode_chunk) + chunk * (latent + images) + 2 * steps * latent
@@ -224,6 +248,15 @@ def store_bytes(shapes: ModelShapes, element_bytes: int, steps: int, probability
         else:
             total += layer.query_key_elements
     return steps * total * element_bytes
+
+
+def probability_transient_bytes(attention: tuple[AttentionLayer, ...], probability_layers: frozenset[str]) -> int:
+    """One step's float32 logits, softmax, query and key in the largest recorded layer, alive while it records.
+
+    ``emerdiff.attention.attention_probabilities`` computes them one step at a time.
+    """
+    return max((4 * (2 * layer.probability_elements + layer.query_key_elements)
+                for layer in attention if layer.name in probability_layers), default=0)
 
 
 # -- the walks ---------------------------------------------------------------------------------------

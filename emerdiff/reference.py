@@ -406,12 +406,13 @@ def _check_scheduler(config: dict) -> None:
 
 
 def _alphas_cumprod(config: dict) -> torch.Tensor:
-    # Computed as diffusers does (float32 linspace), so ᾱ is bit-identical to the scheduler's.
+    # Computed as diffusers does (float32 linspace on the CPU), so ᾱ is bit-identical to the
+    # scheduler's; on the CPU even under ``with torch.device("cuda")``, whose cumprod rounds differently.
     steps, start, end = config["num_train_timesteps"], config["beta_start"], config["beta_end"]
     if config["beta_schedule"] == "scaled_linear":
-        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float32) ** 2
+        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float32, device="cpu") ** 2
     else:
-        betas = torch.linspace(start, end, steps, dtype=torch.float32)
+        betas = torch.linspace(start, end, steps, dtype=torch.float32, device="cpu")
     return torch.cumprod(1.0 - betas, dim=0)
 
 

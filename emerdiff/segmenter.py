@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from emerdiff.images import resize_labels, to_model_input, to_rgb
 from emerdiff.kmeans import kmeans
 from emerdiff.loading import ModelLoadError, StableDiffusionParts, load_parts, resolve_device, resolve_dtype
 from emerdiff.maps import confidence_margin, difference_norms, mean_per_label, segment_embeddings
-from emerdiff.planning import CPU_CHUNK, MemoryPlan, ModelShapes, estimate_peak, free_bytes, plan_chunks, usable_bytes
+from emerdiff.planning import (CPU_CHUNK, ChunkSizes, MemoryPlan, ModelShapes, estimate_peak, free_bytes, plan_chunks,
+                               usable_bytes)
 from emerdiff.segmentation import Segmentation, segment_statistics
 
 __all__ = ["EmerDiffSegmenter", "ModelLoadError"]
@@ -56,6 +58,7 @@ class EmerDiffSegmenter:
         _apply_runtime_options(unet, self.vae, config)
         self._modulation_side = layer_grid_side(unet, config.modulation_layer, config.resolution)
         self.memory_plan = self._plan_memory(budget)
+        self.chunks = ChunkSizes(self.memory_plan)  # what the stages use: the plan's until memory runs out
 
     @classmethod
     def from_pretrained(
@@ -84,6 +87,7 @@ class EmerDiffSegmenter:
             "weights_sha256": self._parts.weights_sha256(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            **float32_precision(self.device.type, self.config.tf32),
         }
 
     # -- public API ------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ class EmerDiffSegmenter:
     def segment_batch(self, images: Sequence[ImageLike]) -> list[Segmentation]:
         """Segment several images; each result is what ``segment`` would give it alone."""
         pictures = [to_rgb(image) for image in images]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             latents = self._encode(pictures)
             features = self._features(latents)  # (batch, tokens, channels)
             return [
@@ -111,7 +115,7 @@ class EmerDiffSegmenter:
         """
         lowres = _checked_lowres(lowres_labels)
         picture = to_rgb(image)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             latent = self._encode([picture])
             features = self._features(latent)[0]
             lowres_ids = torch.from_numpy(lowres).to(self.device)
@@ -134,7 +138,7 @@ class EmerDiffSegmenter:
             torch.randn(latents.shape[1:], generator=generator, dtype=torch.float32)
             for _ in range(self.config.feature_samples)
         ]).to(self.device)  # (N, 4, h, w)
-        return self.denoiser.query_features(latents, noise, self._chunk_size(len(latents) * len(noise)))
+        return self._shrinking_on_oom("unet", lambda chunk: self.denoiser.query_features(latents, noise, chunk))
 
     def _lowres_labels(self, features: torch.Tensor) -> torch.Tensor:
         # 4. Low-res masks: k-means on the feature tokens, as an (h, w) grid.
@@ -176,29 +180,55 @@ class EmerDiffSegmenter:
         present = torch.nonzero(masks.sum(dim=1) > 0).flatten().tolist()
         if not present:
             return differences
-        chunk = self._chunk_size(2 * len(present))
         # 5. The drawn samples x_t (step 0 is t_m, where every trajectory starts) and the noise maps z_t.
         samples = self.denoiser.inversion.samples(latent, torch.Generator("cpu").manual_seed(self.config.seed))
-        noise_maps = self.denoiser.invert(latent, samples, chunk)
-        # 8. Runs ordered (-M0, +M0, -M1, +M1, ...) so every even-sized chunk holds whole pairs.
+        noise_maps = self._shrinking_on_oom("unet", lambda chunk: self.denoiser.invert(latent, samples, chunk))
+        # 8. Runs ordered (-M0, +M0, -M1, +M1, ...); a group of whole pairs (a UNet chunk's worth) at a time.
         strength = self.config.modulation_strength
         signs = torch.tensor([-strength, strength], device=self.device)
         modulations = (signs[None, :, None] * masks[present][:, None, :]).reshape(2 * len(present), -1)
-        for first in range(0, len(modulations), chunk):
-            images = self._decode(self.denoiser.modulated_runs(samples[:1], noise_maps, modulations[first : first + chunk]))
-            pair_ids = present[first // 2 : (first + chunk) // 2]
+        first = 0
+        while first < len(modulations):
+            group = modulations[first : first + max(self.chunks.unet // 2, 1) * 2]
+            final = self._shrinking_on_oom("unet", lambda chunk: torch.cat([
+                self.denoiser.modulated_runs(samples[:1], noise_maps, runs) for runs in group.split(chunk)]))
+            images = self._shrinking_on_oom("decode", lambda chunk: self._decode(final, chunk))
+            pair_ids = present[first // 2 : (first + len(group)) // 2]
             # 10. Blur and norm of the pair's signed difference.
             differences[pair_ids] = difference_norms(images[0::2], images[1::2], self.config.blur_kernel_size, self.config.blur_sigma)
+            first += len(group)
         return differences
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        # 9. Decode in float32, not clamped; at most the plan's decode_chunk latents at a time.
+    def _decode(self, latents: torch.Tensor, chunk: int) -> torch.Tensor:
+        # 9. Decode in float32, not clamped; ``chunk`` latents at a time.
         scale = self.vae.config.scaling_factor
-        pieces = latents.split(self.memory_plan.decode_chunk)
-        return torch.cat([self.vae.decode(piece / scale, return_dict=False)[0] for piece in pieces])
+        return torch.cat([self.vae.decode(piece / scale, return_dict=False)[0] for piece in latents.split(chunk)])
 
-    def _chunk_size(self, runs: int) -> int:
-        return min(runs, self.memory_plan.chunk_size)
+    def _shrinking_on_oom(self, kind: str, compute: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``compute(chunk)`` with the chunk in use for ``kind``; on out-of-memory, again with it halved, down to 1.
+
+        Each stage restarts whole (the inversion's recording starts afresh), so a retry gives what
+        the smaller chunk would have given from the start. At 1, the error propagates.
+        """
+        while True:
+            try:
+                return compute(getattr(self.chunks, kind))
+            except torch.OutOfMemoryError:
+                if not self.chunks.halve(kind):
+                    raise
+            # Retried here, outside the handler: the failed attempt's tensors are freed by now.
+
+    @contextlib.contextmanager
+    def _precision(self):
+        """Float32 convolutions in TF32 or not, as the config says, whatever the process default (docs/method.md)."""
+        convolutions, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        previous = convolutions.fp32_precision, matmul.fp32_precision
+        settings = float32_precision("cuda", self.config.tf32)
+        convolutions.fp32_precision, matmul.fp32_precision = settings["float32_convolutions"], settings["float32_matmul"]
+        try:
+            yield
+        finally:
+            convolutions.fp32_precision, matmul.fp32_precision = previous
 
     def _memory_device_type(self) -> str:
         """Which memory the plan reads: the device's type (tests plan as on CUDA while running on a CPU)."""
@@ -223,8 +253,11 @@ class EmerDiffSegmenter:
 def _apply_runtime_options(unet: torch.nn.Module, vae: torch.nn.Module, config: EmerDiffConfig) -> None:
     """channels_last and torch_compile: how the modules run, not what they compute (config.py)."""
     if config.channels_last:
+        # The UNet only: on CUDA, GroupNorm copies a channels_last input to the default layout and the
+        # next convolution copies it back, which at the VAE's full-resolution widths is gigabytes per
+        # decode chunk (about 12.5 GiB for 50 latents of SD at 512 px). In the UNet the copies stay
+        # below its transformer blocks' peak (tests/emerdiff/test_planning.py counts both).
         unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
     if config.torch_compile in ("unet", "unet+vae"):
         _compile_unet_blocks(unet)
     if config.torch_compile in ("vae", "unet+vae"):
@@ -250,10 +283,26 @@ def _compile_unet_blocks(unet: torch.nn.Module) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     for module in unet.modules():
         if isinstance(module, Attention):
-            # A method bound to this module, not a closure over its forward, so that deep copies
-            # (the slow reference copies the UNet) call their own attention.
-            module.forward = types.MethodType(torch.compiler.disable(type(module).forward), module)
+            _run_eagerly(module)
     unet.compile_repeated_blocks(dynamic=True)
+
+
+def _run_eagerly(attention: torch.nn.Module) -> None:
+    """Make dynamo call ``attention``'s forward without tracing it (diffusers' ``Attention.forward``
+    hands its inputs to the processor; tests/emerdiff/test_diffusers_calls.py pins that)."""
+    # A method bound to this module, not a closure over its forward, so that deep copies (the
+    # slow reference copies the UNet) call their own attention.
+    attention.forward = types.MethodType(torch.compiler.disable(type(attention).forward), attention)
+
+
+def float32_precision(device_type: str, tf32: bool) -> dict[str, str]:
+    """How float32 convolutions and matrix multiplies run on ``device_type``: "tf32" or "ieee" (true float32).
+
+    TF32 exists only on CUDA; there it is the config's choice for convolutions (torch's default
+    would be TF32 too), while matrix multiplies are always IEEE (torch's default as well).
+    """
+    convolutions = "tf32" if device_type == "cuda" and tf32 else "ieee"
+    return {"float32_convolutions": convolutions, "float32_matmul": "ieee"}
 
 
 def _on(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

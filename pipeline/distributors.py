@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Progress], None]
 _UNSCHEDULED_WARNING_SECONDS = 120.0
+# The CUDA caching allocator grows segments in place instead of reserving a new block per size:
+# decodes allocate tensors of about 12 GiB beside temporaries of about 7 GiB, which fragment the
+# default allocator's pool. A value already in the driver's environment is passed on unchanged.
+CUDA_ALLOC_CONF = "expandable_segments:True"
 
 
 class JobError(RuntimeError):
@@ -78,6 +82,8 @@ def describe(error: BaseException) -> str:
 
 def run_locally(queue: ShardQueue, labeler: ShardLabeler, on_progress: ProgressCallback) -> Iterator[Event]:
     """Label the queue's shards one after another in this process."""
+    from pipeline.failures import END_WORKER, failure_action
+
     yield WorkerReady({**labeler.model_info, "worker": labeler.worker})
     while queue:
         task = queue.pop()
@@ -85,6 +91,9 @@ def run_locally(queue: ShardQueue, labeler: ShardLabeler, on_progress: ProgressC
             marker = labeler(task, on_progress)
         except Exception as error:  # the shard-level retry boundary: every cause is retried, then failed
             logger.debug("shard %s attempt %d failed:\n%s", task.name, task.attempt, redact_urls_in(traceback.format_exc()))
+            if failure_action(error) == END_WORKER:  # this process's device is gone; a rerun resumes
+                raise JobError(f"the device failed while labelling shard {task.name} ({describe(error)}); nothing of "
+                               "that shard was committed. Run the same command again to resume in a fresh process.") from None
             yield queue.failed(task, describe(error))
             continue
         yield queue.done(task, marker)
@@ -110,7 +119,18 @@ class LabelActor:
 
     def label(self, task: ShardTask) -> Iterator[Progress | ShardMarker]:
         # A streaming generator: the driver sees progress while the shard runs, the marker last.
-        yield from self.labeler.run(task)
+        from pipeline.failures import DEVICE_FAILURE_EXIT_CODE, END_WORKER, failure_action
+
+        try:
+            yield from self.labeler.run(task)
+        except Exception as error:
+            if failure_action(error) == END_WORKER:
+                # The labeller has removed the attempt's data file. A broken CUDA context fails every
+                # later kernel of this process: end it (no marker) so that Ray's replacement retries the shard.
+                logger.error("device failure in shard %s, ending this actor so that a fresh one retries it: %s",
+                             task.name, describe(error))
+                os._exit(DEVICE_FAILURE_EXIT_CODE)
+            raise
 
 
 @contextlib.contextmanager
@@ -140,16 +160,33 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def actor_options(job: LabelJobConfig, cluster: dict[str, float]) -> tuple[int, dict]:
-    """How many actors, and the Ray resources of each, from the job and the cluster's resources."""
+    """How many actors, and the Ray options of each, from the job and the cluster's resources."""
     gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
     use_gpu = job.accelerator == "gpu" or (job.accelerator == "auto" and gpus >= 1)
     if use_gpu:
         num_actors = job.num_actors or max(int(gpus), 1)
         num_cpus = job.cpus_per_actor or 1  # the reader thread; the model runs on the GPU
-    else:
-        num_actors = job.num_actors or 1
-        num_cpus = job.cpus_per_actor or max(int(cpus // num_actors), 1)
-    return num_actors, {"num_gpus": 1 if use_gpu else 0, "num_cpus": num_cpus, "max_restarts": 0}
+        environment = {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)}
+        return num_actors, {"num_gpus": 1, "num_cpus": num_cpus, "max_restarts": 0,
+                            "runtime_env": {"env_vars": environment}}
+    num_actors = job.num_actors or 1
+    num_cpus = job.cpus_per_actor or max(int(cpus // num_actors), 1)
+    return num_actors, {"num_gpus": 0, "num_cpus": num_cpus, "max_restarts": 0}
+
+
+def actor_job(job: LabelJobConfig, options: dict) -> LabelJobConfig:
+    """The job as an actor with ``options`` runs it: on the CPU when the actor reserves no GPU.
+
+    Ray 2.60 no longer blanks CUDA_VISIBLE_DEVICES for actors that reserve no GPU
+    (ray-project/ray#54868): such an actor still sees every GPU of its node, and with no device
+    named would take cuda:0 and plan its memory for the whole card.
+    """
+    if options["num_gpus"]:
+        return job
+    if job.device is not None and job.device.startswith("cuda"):
+        raise JobError(f"--device {job.device} needs a GPU, but the actors reserve none (--accelerator {job.accelerator}, "
+                       "cluster GPUs: see `ray status`); pass --accelerator gpu, or leave --device out to label on CPUs.")
+    return job.replace(device="cpu")
 
 
 def _original_message(error: BaseException) -> str:
@@ -184,7 +221,8 @@ class _PendingRefs:
 
 
 class _RayActorPool:
-    def __init__(self, job: LabelJobConfig, num_actors: int, options: dict, actor_class: type = LabelActor):
+    def __init__(self, job: LabelJobConfig, num_actors: int, options: dict, actor_class: type = LabelActor,
+                 ready_timeout: float | None = None):
         import ray
 
         self.ray = ray
@@ -199,7 +237,8 @@ class _RayActorPool:
         self.pending = _PendingRefs()  # the ready() refs of starting actors and the running generators
         self.any_ready = False
         self.deaths = 0  # since the last committed shard
-        self.waiting_since = time.monotonic()
+        self.started_at = self.waiting_since = time.monotonic()
+        self.ready_timeout = ready_timeout
         for _ in range(num_actors):
             self._start_actor()
 
@@ -232,7 +271,17 @@ class _RayActorPool:
                     yield from self._on_started(ref)
                 else:
                     yield from self._on_shard_event(ref, queue, on_progress)
+            self._check_ready_deadline()
             self._warn_if_unscheduled()
+
+    def _check_ready_deadline(self) -> None:
+        if self.any_ready or self.ready_timeout is None:
+            return
+        waited = time.monotonic() - self.started_at
+        if waited >= self.ready_timeout:
+            raise JobError(f"no labelling actor was ready {waited:.0f} s after the start (the limit is "
+                           f"{self.ready_timeout:.0f} s); each needs {self.options}, the cluster has "
+                           f"{self.ray.cluster_resources()}. Is a GPU visible to Ray (`ray status`)?")
 
     def _on_started(self, ref) -> Iterator[Event]:
         actor = self.starting.pop(ref)
@@ -295,17 +344,19 @@ class _RayActorPool:
 
 
 def run_on_ray(queue: ShardQueue, job: LabelJobConfig, on_progress: ProgressCallback,
-               actor_class: type = LabelActor) -> Iterator[Event]:
+               actor_class: type = LabelActor, ready_timeout: float | None = None) -> Iterator[Event]:
     """Label the queue's shards with Ray actors; a dead actor is replaced and its shard requeued.
 
-    ``actor_class``: LabelActor or a subclass (the tests' actors that crash on purpose).
+    ``actor_class``: LabelActor or a subclass (the tests' actors that crash on purpose, the GPU
+    check's that warms up). ``ready_timeout``: seconds after which the job fails (JobError) if no
+    actor has loaded its model yet; None waits, with a warning now and then (autoscaling clusters).
     """
     import ray
 
     with ray_session(job.address):
         num_actors, options = actor_options(job, ray.cluster_resources())
         logger.info("starting %d labelling actor(s), each with %s", num_actors, options)
-        pool = _RayActorPool(job, num_actors, options, actor_class)
+        pool = _RayActorPool(actor_job(job, options), num_actors, options, actor_class, ready_timeout)
         try:
             yield from pool.run(queue, on_progress)
         finally:

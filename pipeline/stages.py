@@ -1,7 +1,7 @@
 """Generator stages between decoded samples and rows: read-ahead, batched segmentation.
 
 Each stage takes an iterator and yields; errors that concern one sample become error rows here,
-errors that concern the shard (reading it, running out of device memory) propagate.
+errors that concern the shard or the device propagate (``pipeline.failures`` decides which is which).
 """
 
 from __future__ import annotations
@@ -10,14 +10,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
 
 from pipeline.decode import DecodedSample
+from pipeline.failures import ERROR_ROW, failure_action
 from schemas.labels import error_row, ok_row
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_FAILED = "segmentation failed"
+OUT_OF_MEMORY = "out of device memory"
 
 
 class _Raised:
@@ -75,17 +79,13 @@ def prefetch(items: Iterable, size: int) -> Iterator:
         thread.join(timeout=10)
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error)
-
-
 class BatchSegmenter:
     """Decoded samples in, rows out, in input order; images go to the model ``batch_size`` at a time.
 
     With a ``clip`` (emerdiff.clip.SegmentCLIP), each segmentation also gets its segments' CLIP
-    embeddings. If a batch fails, its images are retried one by one so a single bad image becomes
-    one error row. Running out of memory is not an image's fault: it propagates and the shard is
-    retried.
+    embeddings. If a batch fails with an error ``pipeline.failures`` files as the images'
+    (``ERROR_ROW``), its images are retried one by one so that a single bad image becomes one error
+    row; any other error propagates and fails the shard attempt.
     """
 
     def __init__(self, segmenter, batch_size: int, shard_url: str, clip=None):
@@ -118,7 +118,7 @@ class BatchSegmenter:
                 continue
             outcome = results[id(sample)]
             if isinstance(outcome, Exception):
-                yield error_row(sample.key, self.shard_url, f"{SEGMENTATION_FAILED}: {outcome}",
+                yield error_row(sample.key, self.shard_url, _error_message(outcome),
                                 width=sample.image.width, height=sample.image.height,
                                 decode_seconds=sample.decode_seconds, segment_seconds=per_image)
             else:
@@ -129,28 +129,35 @@ class BatchSegmenter:
         if not samples:
             return [], 0.0
         started = time.perf_counter()
-        try:
-            outcomes = self._label([s.image for s in samples])
-        except (RuntimeError, ValueError) as error:
-            if _is_out_of_memory(error):
-                raise
-            if len(samples) == 1:
-                outcomes = [error]
-            else:
-                logger.warning("a batch of %d images in %s failed (%s); segmenting them one by one",
-                               len(samples), self.shard_url, error)
-                outcomes = [self._segment_one(s) for s in samples]
+        outcomes = self._per_image(self._label, [s.image for s in samples])
         seconds = time.perf_counter() - started
         self.model_seconds += seconds
         return outcomes, seconds
 
-    def _segment_one(self, sample: DecodedSample):
+    def _per_image(self, step: Callable[[list], list], inputs: list) -> list:
+        """``step(inputs)``, one outcome per input: its result, or the exception that becomes its error row.
+
+        A batch that fails with an images' error is run again one input at a time; errors that are
+        not the images' (``pipeline.failures``) propagate.
+        """
         try:
-            return self._label([sample.image])[0]
-        except (RuntimeError, ValueError) as error:
-            if _is_out_of_memory(error):
+            return list(step(inputs))
+        except Exception as error:
+            if failure_action(error) != ERROR_ROW:
                 raise
-            return error
+            if len(inputs) == 1:
+                return [error]
+            logger.warning("a batch of %d images in %s failed (%s); running them one by one",
+                           len(inputs), self.shard_url, error)
+        outcomes = []
+        for item in inputs:
+            try:
+                outcomes.append(step([item])[0])
+            except Exception as error:
+                if failure_action(error) != ERROR_ROW:
+                    raise
+                outcomes.append(error)
+        return outcomes
 
     def _label(self, images: list) -> list:
         """The images' segmentations, with their segments' CLIP embeddings when there is a CLIP model."""
@@ -159,3 +166,9 @@ class BatchSegmenter:
             return results
         embeddings = self.clip.segment_embeddings_batch(images, [result.labels for result in results], results[0].num_masks)
         return [result.with_clip_embeddings(clip) for result, clip in zip(results, embeddings)]
+
+
+def _error_message(error: Exception) -> str:
+    """The error row's "<reason>: <detail>"; the reason is what the shard's stats count."""
+    reason = OUT_OF_MEMORY if isinstance(error, torch.OutOfMemoryError) else SEGMENTATION_FAILED
+    return f"{reason}: {error}"

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import uuid
 
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 from schemas.layout import TEMP_SUFFIX
 
@@ -33,18 +35,24 @@ def temp_sibling(path: str) -> str:
 
 
 class PendingFile:
-    """A binary file that appears under ``path`` only on ``commit()``."""
+    """A binary file that appears under ``path`` only on ``commit()``.
+
+    Local disk: a hidden temp file renamed into place. ``memory://``: bytes held here and stored
+    whole (its files ignore ``autocommit=False`` and appear as soon as they are opened). Object
+    stores: fsspec's transactional upload, completed by ``commit()``, aborted by ``discard()``.
+    """
 
     def __init__(self, fs, path: str):
         self.fs = fs
         self.path = path
         self.settled = False  # committed or discarded
+        self._temp = None
         if is_local(fs):
             self._temp = temp_sibling(path)
             self._file = open(self._temp, "wb")  # noqa: SIM115 - closed by commit/discard
+        elif isinstance(fs, MemoryFileSystem):
+            self._file = io.BytesIO()
         else:
-            self._temp = None
-            # fsspec's transactional mode: the upload is completed by commit(), aborted by discard().
             self._file = fs.open(path, "wb", autocommit=False)
 
     def write(self, data) -> int:
@@ -58,11 +66,15 @@ class PendingFile:
 
     def commit(self) -> None:
         self.settled = True
-        self._file.close()
-        if self._temp is None:
-            self._file.commit()
-        else:
+        if self._temp is not None:
+            self._file.close()
             os.replace(self._temp, self.path)
+        elif isinstance(self._file, io.BytesIO):
+            with self.fs.open(self.path, "wb") as file:  # not pipe_file, which memory:// stores without opening
+                file.write(self._file.getvalue())
+        else:
+            self._file.close()
+            self._file.commit()
 
     def discard(self) -> None:
         """Forget what was written; never touches ``path`` itself, which may be another attempt's."""
@@ -73,11 +85,13 @@ class PendingFile:
             self._file.close()
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._temp)
-            return
-        try:
-            self._file.discard()
-        finally:
-            self._file.closed = True  # so garbage collection does not try to upload the rest
+        elif isinstance(self._file, io.BytesIO):
+            self._file = io.BytesIO()
+        else:
+            try:
+                self._file.discard()
+            finally:
+                self._file.closed = True  # so garbage collection does not try to upload the rest
 
 
 def replace_file(fs, path: str, data: bytes) -> None:

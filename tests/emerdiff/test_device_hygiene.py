@@ -53,7 +53,7 @@ def test_the_denoising_loop_never_syncs(tiny_config, photos, no_host_copies):
         masks[0::2, :8], masks[1::2, :8] = -10.0, 10.0
         with NoHostReads():
             noise_maps = denoiser.invert(latent, samples, 4)
-            images = segmenter._decode(denoiser.modulated_runs(samples[:1], noise_maps, masks))
+            images = segmenter._decode(denoiser.modulated_runs(samples[:1], noise_maps, masks), chunk=4)
     assert images.shape == (4, 3, 128, 128)
 
 

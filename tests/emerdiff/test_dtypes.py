@@ -124,3 +124,44 @@ def test_upcast_attention_layers_give_what_diffusers_upcast_gives(mode):
         ours = attn(hidden.half()).float()
         expected = expected_attn(hidden)
     torch.testing.assert_close(ours, expected, atol=2e-2, rtol=2e-2)
+
+
+# -- TF32: an explicit choice, whatever the process default --------------------------------------
+
+
+@pytest.fixture
+def opposite_process_default():
+    """Set the process-wide float32 flags to what the segmenter must not use; restored afterwards."""
+    convolutions, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    previous = convolutions.fp32_precision, matmul.fp32_precision
+
+    def set_flags(convolution_precision: str) -> tuple[str, str]:
+        convolutions.fp32_precision, matmul.fp32_precision = convolution_precision, "tf32"
+        return convolution_precision, "tf32"
+
+    yield set_flags
+    convolutions.fp32_precision, matmul.fp32_precision = previous
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_float32_convolutions_run_as_the_config_says(tiny_model, photos, opposite_process_default, tf32):
+    """The flags seen inside the VAE are the config's (matrix multiplies always IEEE), and put back after."""
+    before = opposite_process_default("ieee" if tf32 else "tf32")
+    config = CONFIGS["tiny"].replace(feature_samples=1, kmeans_restarts=1, tf32=tf32)
+    segmenter = EmerDiffSegmenter.from_pretrained(str(tiny_model), config=config, device="cpu")
+    seen = set()
+    for part in (segmenter.vae.encoder, segmenter.vae.decoder):
+        part.register_forward_pre_hook(lambda module, args: seen.add(
+            (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)))
+    segmenter.segment(photos["coffee"])
+    assert seen == {("tf32" if tf32 else "ieee", "ieee")}
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
+def test_the_precision_in_use_is_part_of_the_model_info():
+    """What a labelling job records in _job.json's model_info: TF32 only where CUDA runs it."""
+    from emerdiff.segmenter import float32_precision
+
+    assert float32_precision("cuda", True) == {"float32_convolutions": "tf32", "float32_matmul": "ieee"}
+    assert float32_precision("cuda", False) == {"float32_convolutions": "ieee", "float32_matmul": "ieee"}
+    assert float32_precision("cpu", True) == {"float32_convolutions": "ieee", "float32_matmul": "ieee"}

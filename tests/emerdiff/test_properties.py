@@ -429,13 +429,18 @@ def test_labels_cover_the_image_with_valid_ids_and_repeat_for_a_seed(tiny_segmen
     assert first.num_segments == len(np.unique(first.labels))
 
 
-def test_a_batch_gives_what_each_image_gives_alone(tiny_segmenter, photos):
+def test_a_batch_gives_what_each_image_gives_alone(tiny_model, tiny_config, photos):
+    # A chunk that divides the N = 100 feature draws: every UNet batch of the two images holds the
+    # rows it holds for one image alone, so the same kernels see the same inputs, on any CPU. (Other
+    # chunks put two images' draws in one batch, whose kernels may round differently:
+    # test_batched_feature_passes_give_the_mean_of_sequential_ones compares those within rounding.)
+    segmenter = _segmenter(tiny_model, tiny_config.replace(chunk_size=4))
     images = [photos["astronaut"], photos["coffee"]]
-    batched = tiny_segmenter.segment_batch(images)
+    batched = segmenter.segment_batch(images)
     for image, result in zip(images, batched):
-        alone = tiny_segmenter.segment(image)
+        alone = segmenter.segment(image)
         assert np.array_equal(result.lowres_labels, alone.lowres_labels)
-        assert (result.labels == alone.labels).mean() > 0.999
+        assert np.array_equal(result.labels, alone.labels)
 
 
 def test_auto_replay_keeps_probabilities_only_where_they_are_small(tiny_model, tiny_config):

@@ -155,6 +155,16 @@ def _shifted_by_one_step(inversion, window):
     return dataclasses.replace(inversion, recorded=recorded)
 
 
+def test_alphas_are_computed_on_the_cpu_whatever_the_default_device(parts):
+    """The GPU check builds models under ``with torch.device("cuda")``; CUDA's cumprod rounds otherwise."""
+    from diffusers import DDIMScheduler
+
+    with torch.device("meta"):  # stands in for "cuda": any default device other than the CPU
+        alphas = reference_module._alphas_cumprod(parts.scheduler_config)
+    assert alphas.device.type == "cpu"
+    assert torch.equal(alphas, DDIMScheduler.from_config(parts.scheduler_config).alphas_cumprod)
+
+
 def test_injected_unnudged_trajectory_reproduces_the_drawn_samples_and_ends_at_z0(
     spec_window_reference, spec_window_inversion
 ):

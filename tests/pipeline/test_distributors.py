@@ -169,12 +169,13 @@ def shard_queue(count: int, max_attempts: int) -> ShardQueue:
     return ShardQueue([ShardTask(f"memory://in/s{i:02d}.tar") for i in range(count)], max_attempts)
 
 
-def start_pool(monkeypatch, ray: FakeRay, num_actors: int, max_attempts: int) -> distributors._RayActorPool:
+def start_pool(monkeypatch, ray: FakeRay, num_actors: int, max_attempts: int,
+               ready_timeout: float | None = None) -> distributors._RayActorPool:
     monkeypatch.setitem(sys.modules, "ray", ray)
     # Only the pool's clock: the real time module stays as it is for pytest and logging.
     monkeypatch.setattr(distributors, "time", types.SimpleNamespace(monotonic=lambda: ray.now))
     job = LabelJobConfig(inputs=("memory://in/s00.tar",), output="memory://out", max_attempts=max_attempts)
-    return distributors._RayActorPool(job, num_actors, GPU_ACTOR)
+    return distributors._RayActorPool(job, num_actors, GPU_ACTOR, ready_timeout=ready_timeout)
 
 
 def of_type(events: list, kind: type) -> list:
@@ -299,3 +300,60 @@ def test_the_pool_keeps_one_list_of_pending_refs_updated_in_place():
     pending.add(refs[0])
     assert pending.refs is watched  # the list ray.wait gets is the same object, never rebuilt
     assert sorted(map(id, pending.refs)) == sorted(map(id, [refs[1], refs[2], refs[4], refs[0]]))
+
+
+# -- a deadline for the first actor (the GPU check's) ------------------------------------------------
+
+
+def test_no_actor_ready_by_the_deadline_stops_the_job_saying_what_an_actor_needs(monkeypatch):
+    ray = FakeRay(place_after=lambda actor: math.inf, resources={"CPU": 16.0})
+    pool = start_pool(monkeypatch, ray, num_actors=1, max_attempts=2, ready_timeout=120.0)
+    with pytest.raises(JobError, match=r"no labelling actor was ready 12\d s after the start \(the limit is 120 s\); "
+                                       r"each needs .*'num_gpus': 1.*the cluster has \{'CPU': 16.0\}"):
+        list(pool.run(shard_queue(2, max_attempts=2), lambda progress: None))
+    assert 120 <= ray.now < 122
+
+
+def test_an_actor_ready_before_the_deadline_labels_past_it(monkeypatch):
+    ray = FakeRay(place_after=lambda actor: 100.0)
+    pool = start_pool(monkeypatch, ray, num_actors=1, max_attempts=2, ready_timeout=120.0)
+    events = list(pool.run(shard_queue(5, max_attempts=2), lambda progress: None))
+    assert len(of_type(events, ShardDone)) == 5 and ray.now > 120
+
+
+# -- what each actor is given --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accelerator, cluster", [("cpu", {"CPU": 8.0, "GPU": 1.0}), ("auto", {"CPU": 8.0})])
+def test_an_actor_that_reserves_no_gpu_is_told_to_use_the_cpu(accelerator, cluster):
+    # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for such actors: they would see the node's GPUs.
+    job = LabelJobConfig(inputs=("a.tar",), output="o", accelerator=accelerator)
+    _, options = distributors.actor_options(job, cluster)
+    assert options["num_gpus"] == 0 and "runtime_env" not in options
+    assert distributors.actor_job(job, options).device == "cpu"
+    with pytest.raises(JobError, match=r"--device cuda:1 needs a GPU, but the actors reserve none"):
+        distributors.actor_job(job.replace(device="cuda:1"), options)
+
+
+def test_a_gpu_actor_keeps_the_jobs_device_and_gets_the_expandable_allocator(monkeypatch):
+    job = LabelJobConfig(inputs=("a.tar",), output="o", accelerator="auto")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    _, options = distributors.actor_options(job, {"CPU": 8.0, "GPU": 2.0})
+    assert options["num_gpus"] == 1 and distributors.actor_job(job, options) is job
+    assert options["runtime_env"] == {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")  # the driver's own choice is kept
+    _, options = distributors.actor_options(job, {"CPU": 8.0, "GPU": 2.0})
+    assert options["runtime_env"] == {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}}
+
+
+def test_a_cpu_actor_labels_on_the_cpu_though_cuda_is_visible(monkeypatch, make_job, tmp_path):
+    """What the actor's process sees under Ray 2.60: the node's GPU listed, torch able to use it."""
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    job = make_job(["a.tar"], tmp_path / "out", accelerator="cpu")
+    _, options = distributors.actor_options(job, {"CPU": 2.0, "GPU": 1.0})
+    actor = distributors.LabelActor(distributors.actor_job(job, options), logging.NOTSET)
+    assert actor.labeler.segmenter.device == torch.device("cpu")
+    assert actor.ready()["device"] == "cpu"

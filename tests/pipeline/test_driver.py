@@ -51,7 +51,11 @@ def test_run_resume_and_rerun_after_success(tmp_path, make_job, make_samples, fa
     assert (again.labelled, again.skipped, again.exit_code) == (0, 3, 0)
     assert _keys(output) == Counter({f"s{i:02d}-000": 1 for i in range(3)})
     assert read_manifest(str(output)).column("status").to_pylist() == ["done"] * 3
-    assert read_job(str(output))["weights_sha256"] == fast_segmenter.model_info["weights_sha256"]
+    record = read_job(str(output))
+    assert record["weights_sha256"] == fast_segmenter.model_info["weights_sha256"]
+    # The precision float32 ran in, the config's choice as this device applies it (docs/method.md).
+    assert record["config"]["tf32"] is True
+    assert (record["model_info"]["float32_convolutions"], record["model_info"]["float32_matmul"]) == ("ieee", "ieee")
 
 
 def test_a_rerun_reads_no_marker_and_lists_them_once(tmp_path, make_job, make_samples, fast_segmenter, monkeypatch):

@@ -73,3 +73,45 @@ def test_a_full_disk_fails_the_shard_being_written_and_leaves_no_marker(tmp_path
     summary = run_job(make_job(urls, output, executor="local"), segmenter=fast_segmenter)
     assert (summary.exit_code, summary.skipped, summary.labelled) == (0, 1, 2)
     assert [row["key"] for row in iter_rows(output, columns=["key"])] == ["s00-000", "s01-000", "s02-000"]
+
+
+# -- the commit order: data file first, then the marker ---------------------------------------------
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def store(request, tmp_path):
+    """(folder URL, storage options) of an empty folder on local disk, ``memory://`` or moto S3."""
+    if request.param == "local":
+        return str(tmp_path), {}
+    if request.param == "memory":
+        return request.getfixturevalue("memory_dir"), {}
+    return request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_storage_options")
+
+
+def test_no_marker_exists_without_its_data_file_when_the_data_commit_fails(store, make_job, make_samples,
+                                                                          fast_segmenter, monkeypatch):
+    """"Done" is "the marker exists" only because the marker is created after the data file is committed."""
+    from pipeline.labeler import ShardLabeler
+    from pipeline.storage import PendingFile
+    from pipeline.tasks import ShardTask
+    from schemas.layout import OutputLayout
+
+    root, storage_options = store
+    [url] = write_shards(f"{root}/in", {"shard-000000.tar": make_samples(0, 1)}, storage_options)
+    job = make_job([url], f"{root}/out", storage_options=storage_options)
+    layout = OutputLayout(job.output, storage_options)
+    commit = PendingFile.commit
+
+    def refused(pending_file):
+        raise OSError(f"the store refused to complete {pending_file.path} (simulated)")
+
+    monkeypatch.setattr(PendingFile, "commit", refused)
+    with pytest.raises(OSError, match=r"refused to complete .*shard-000000\.parquet \(simulated\)"):
+        ShardLabeler(fast_segmenter, job)(ShardTask(url))
+    assert not layout.fs.exists(layout.marker_path("shard-000000"))
+    assert not layout.fs.exists(layout.data_path("shard-000000"))
+
+    monkeypatch.setattr(PendingFile, "commit", commit)  # the store works again: the retry commits both
+    marker = ShardLabeler(fast_segmenter, job)(ShardTask(url, attempt=2))
+    assert marker.attempt == 2 and layout.fs.exists(layout.marker_path("shard-000000"))
+    assert [row["key"] for row in iter_rows(job.output, columns=["key"], storage_options=storage_options)] == ["s00-000"]

@@ -77,11 +77,13 @@ def test_exclusive_create_on_s3_refuses_an_existing_key(s3_bucket, s3_storage_op
     assert layout.fs.cat_file(layout.lease_path) == b"first"
 
 
-@pytest.mark.parametrize("store", ["local", "s3"])
+@pytest.mark.parametrize("store", ["local", "memory", "s3"])
 def test_an_abandoned_attempt_leaves_the_committed_file_untouched(store, tmp_path, request):
     if store == "local":
         layout = OutputLayout(str(tmp_path / "out"))
         layout.fs.makedirs(layout.data_dir, exist_ok=True)
+    elif store == "memory":  # its files would appear, and replace the committed one, as soon as opened
+        layout = OutputLayout(f"{request.getfixturevalue('memory_dir')}/out")
     else:
         layout = OutputLayout(f"{request.getfixturevalue('s3_bucket')}/out", request.getfixturevalue("s3_storage_options"))
     schema = labels_schema({})
