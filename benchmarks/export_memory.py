@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import subprocess
@@ -73,7 +74,8 @@ def write_input_shards(folder: Path, shards: int, images: int, width: int) -> li
         path = folder / f"shard-{shard:06d}.tar"
         with TarWriter(str(path)) as writer:
             for index in range(images):
-                writer.write({"__key__": f"photo{index:04d}", "jpg": _stamped(photos[(shard + index) % len(photos)], shard, index)})
+                photo = _stamped(photos[(shard + index) % len(photos)], shard, index)
+                writer.write({"__key__": f"photo{index:04d}", "jpg": photo})
         paths.append(str(path))
     return paths
 
@@ -104,6 +106,7 @@ def measure_export(output: Path, fmt: str, destination: Path) -> dict:
         raise RuntimeError(f"emerdiff export {' '.join(arguments)} exited with {child.returncode}")
     files = [path for path in destination.rglob("*") if path.is_file()]
     return {"peak_rss_mib": int(child.stdout.split()[-1]) / 1024, "wall_seconds": time.perf_counter() - started,
+            "rows": json.loads((destination / "export.json").read_text())["rows"],
             "files": len(files), "bytes_written": sum(path.stat().st_size for path in files)}
 
 

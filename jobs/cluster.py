@@ -27,7 +27,7 @@ def _cluster(job: ClusterJob) -> dict:
     summary = cluster_output(job)
     if job.png:
         export(ExportConfig(output=job.output, file_format="png", destination=job.destination, clusters=job.destination,
-                            images=False, storage_options=job.storage_options))
+                            with_images=False, storage_options=job.storage_options))
     return summary
 
 

@@ -62,7 +62,7 @@ class ExportConfig:
         None, "Class table folder from `emerdiff cluster` or `emerdiff name`: export dataset-wide classes, not "
               "segment ids.", metavar="DIR")
     # Each row's image is read from the input shard it was labelled from; without, labels only.
-    images: bool = option(True, "Leave the images out: do not read the input shards.", name="--no-images")
+    with_images: bool = option(True, "Leave the images out: do not read the input shards.", name="--no-images")
     # Embeddings are most of the bytes.
     embeddings: bool = option(True, "hf only: leave the segment embeddings out.", name="--no-embeddings")
     maxcount: int = option(1000, "webdataset only: samples per output shard.")
@@ -212,9 +212,9 @@ class ExportRun:
         self.classes = ClassTable(config.clusters, options_for(config.clusters, options)) if config.clusters else None
         self.fs, root = url_to_fs(config.destination, **options_for(config.destination, options))
         self.root = root.rstrip("/")
-        self.extensions, _ = decoding_options(config.output, options) if config.images else ((), 0)
+        self.extensions, _ = decoding_options(config.output, options) if config.with_images else ((), 0)
         self.summary = ExportSummary(
-            format=config.file_format, source=redact_url(config.output), images=config.images,
+            format=config.file_format, source=redact_url(config.output), images=config.with_images,
             class_table=redact_url(config.clusters) if config.clusters else None,
             class_names=self.class_names(), ignore_index=UNKNOWN if self.classes else None,
         )

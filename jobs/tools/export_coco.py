@@ -56,7 +56,7 @@ def _write_items(file, items: Iterator[dict]) -> int:
 
 def _images(run: ExportRun) -> Iterator[dict]:
     image_id = 0
-    for batch in run.batches(["shard", "width", "height"], images=run.config.images, progress="export coco images"):
+    for batch in run.batches(["shard", "width", "height"], images=run.config.with_images, progress="export coco images"):
         columns = {name: batch.column(name) for name in ("key", "shard", "width", "height")}
         files = {}
         for index, name in enumerate(batch.names):

@@ -35,7 +35,7 @@ def export_huggingface(run: ExportRun) -> None:
     columns = COLUMNS if run.config.embeddings else [*COLUMNS[:-1], *SEGMENT_FIELDS_WITHOUT_EMBEDDING]
     numbers = {shard: index for index, shard in enumerate(run.shards)}
     segments = 0
-    batches = run.batches(columns, images=run.config.images, named=False)
+    batches = run.batches(columns, images=run.config.with_images, named=False)
     for shard, shard_batches in itertools.groupby(batches, key=lambda batch: batch.shard):
         relative = f"data/train-{numbers[shard]:05d}-of-{len(run.shards):05d}.parquet"
         with run.pending(relative) as sink:

@@ -28,7 +28,7 @@ def export_png(run: ExportRun) -> None:
     if run.classes is not None and not _is_class_table_folder(run):
         class_list = {"class_names": run.class_names(), "ignore_index": UNKNOWN}
         run.write_files({CLASSES_FILE: json.dumps(class_list, indent=1).encode()})
-    for batch in run.batches(["labels"], images=run.config.images):
+    for batch in run.batches(["labels"], images=run.config.with_images):
         files = {}
         cells = zip(batch.names, batch.column("labels"), batch.column(ROW))
         for index, (name, cell, row) in enumerate(cells):

@@ -32,7 +32,7 @@ DESCRIBED = ("key", "shard", "width", "height")  # the row's columns its <name>.
 def export_webdataset(run: ExportRun) -> None:
     shards = TarShards(run, run.config.maxcount)
     try:
-        for batch in run.batches(COLUMNS, images=run.config.images):
+        for batch in run.batches(COLUMNS, images=run.config.with_images):
             for sample in _samples(run, batch):
                 shards.write(sample)
         run.summary.files = shards.close()

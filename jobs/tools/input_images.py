@@ -76,21 +76,16 @@ class InputShard:
     def image(self, position: int, key: str) -> InputImage:
         """The image member of the sample at ``position``, whose key must be ``key``."""
         if position <= self._position:
-            raise ValueError(f"rows of {self.marker.shard} must be read in increasing position; {position} after {self._position}")
+            raise ValueError(f"rows of {self.marker.shard} must be read in increasing position: "
+                             f"{position} after {self._position}")
         if self._samples is None:
             self._samples = self._open(position, key)
-        try:
-            sample = self._advance(position)
-        except ShardReadError as error:
-            raise self._error(position, key, str(error)) from None
-        if sample is None:
-            raise self._error(position, key, f"the shard ends after {self._position + 1} samples; has it changed?")
-        if sample["__key__"] != key:
-            raise self._error(position, key, f"sample {position} of the shard is {sample['__key__']!r}; has the shard changed?")
+        sample = self._sample_at(position, key)
         extension = next((extension for extension in self.extensions if extension in sample), None)
         if extension is None or SAMPLE_ERROR in sample:
             members = ", ".join(sorted(name for name in sample if not name.startswith("__"))) or "none"
-            raise self._error(position, key, f"the sample has no image member ({', '.join(self.extensions)}; it has {members}); "
+            looked_for = ", ".join(self.extensions)
+            raise self._error(position, key, f"the sample has no image member ({looked_for}; it has {members}); "
                                              "has the shard changed?")
         return InputImage(extension, sample[extension])
 
@@ -116,12 +111,21 @@ class InputShard:
         if changes:
             raise self._error(position, key, f"the input shard has changed since it was labelled: {'; '.join(changes)}")
 
-    def _advance(self, position: int) -> dict | None:
-        for sample in self._samples:
-            self._position += 1
-            if self._position == position:
-                return sample
-        return None
+    def _sample_at(self, position: int, key: str) -> dict:
+        """The stream's sample at ``position``, read on from the last one taken; it must have ``key``."""
+        try:
+            for sample in self._samples:
+                self._position += 1
+                if self._position == position:
+                    break
+            else:
+                raise self._error(position, key, f"the shard ends after {self._position + 1} samples; has it changed?")
+        except ShardReadError as error:
+            raise self._error(position, key, str(error)) from None
+        if sample["__key__"] != key:
+            found = sample["__key__"]
+            raise self._error(position, key, f"sample {position} of the shard is {found!r}; has the shard changed?")
+        return sample
 
     def _error(self, position: int, key: str, why: str) -> InputShardError:
         return InputShardError(

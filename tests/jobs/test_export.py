@@ -14,7 +14,8 @@ from PIL import Image
 from jobs.cli import main
 from jobs.tools.export import NAME_TAKEN
 from label_helpers import write_shards
-from output_builder import PROTOTYPES, build_small_output, export_name, input_member, input_sample, segmentation, write_output
+from output_builder import (PROTOTYPES, build_small_output, export_name, input_member, input_sample, segmentation,
+                            write_output)
 from schemas.classes import UNKNOWN, ClassTableWriter
 
 # pycocotools' own decode trips numpy 2's copy-keyword deprecation; not ours to fix.
@@ -145,7 +146,8 @@ def test_webdataset_samples_hold_image_mask_and_description(labelled, tmp_path):
 def test_webdataset_shards_are_byte_identical_on_every_run(labelled, tmp_path):
     url, _ = labelled
     first = export(url, "webdataset", tmp_path / "one", "--maxcount", "3")["files"]
-    assert export(url, "webdataset", tmp_path / "two", "--maxcount", "3")["files"] == first == ["shard-000000.tar", "shard-000001.tar"]
+    assert first == ["shard-000000.tar", "shard-000001.tar"]
+    assert export(url, "webdataset", tmp_path / "two", "--maxcount", "3")["files"] == first
     for name in first:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
@@ -352,3 +354,18 @@ def test_a_sample_that_is_not_the_rows_is_an_error_naming_shard_and_key(tmp_path
     assert main(["export", url, "--format", "webdataset", "--out", str(tmp_path / "wds")]) == 2
     assert f"row 0 (key 'img0') of shard shard-000000 from {shard}" in caplog.text and message in caplog.text
     assert not list((tmp_path / "wds").iterdir())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--format", "tiff"], "invalid choice: 'tiff'"),
+    (["--format", "webdataset", "--maxcount", "0"], "maxcount must be"),
+])
+def test_bad_arguments_are_argument_errors(labelled, tmp_path, capsys, caplog, flags, message):
+    url, _ = labelled
+    try:
+        status = main(["export", url, "--out", str(tmp_path / "x"), *flags])
+    except SystemExit as exit_info:  # argparse refuses a choice itself
+        status = exit_info.code
+    assert status == 2
+    assert message in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "x").exists()
