@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "make-shards": ("jobs.make_shards", "Pack images (and optional ground truth) into WebDataset shards."),
     "preview": ("jobs.preview", "Write a self-contained HTML gallery of labelled rows."),
     "evaluate": ("jobs.evaluate", "mIoU and pixel accuracy of labels against ground truth."),
-    "export": ("jobs.export", "Export labels as PNG folders, COCO JSON or a Hugging Face dataset."),
+    "export": ("jobs.export", "Export images and labels as PNG folders, COCO, a Hugging Face dataset or WebDataset shards."),
     "cluster": ("jobs.cluster", "Cluster segment embeddings into dataset-wide classes."),
     "name": ("jobs.name", "Name every segment with a class from a list (CLIP text embeddings)."),
     "inspect": ("jobs.inspect", "Summarise a labelling output: shards, rows, errors, model, config."),

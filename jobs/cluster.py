@@ -5,7 +5,7 @@ files, so the output need not fit in memory) and writes a class table folder:
 
   segment_classes.parquet  key, segment_id, class for every segment of every ok row
   centroids.npy            the class centres; clusters.json: what produced them
-  ann_dir/<key>.png        with --png: label maps relabelled to classes
+  ann_dir/<name>.png       with --png: label maps relabelled to classes (export png's names)
 
 Deterministic for a --seed. `emerdiff export --clusters DIR` exports with these classes.
 
@@ -18,7 +18,7 @@ import logging
 
 from jobs.command import Command
 from jobs.tools.clustering import ClusterJob, cluster_output
-from jobs.tools.export_png import export_png
+from jobs.tools.export import ExportConfig, export
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 def _cluster(job: ClusterJob) -> dict:
     summary = cluster_output(job)
     if job.png:
-        export_png(job.output, job.destination, job.storage_options, class_table=job.destination)
+        export(ExportConfig(output=job.output, file_format="png", destination=job.destination, clusters=job.destination,
+                            with_images=False, storage_options=job.storage_options))
     return summary
 
 

@@ -1,13 +1,17 @@
-"""Export a labelling output for training code.
+"""Export a labelling output for training code: images and labels together.
 
-  png   ann_dir/<key>.png label maps, the folder layout mmsegmentation and detectron2 read
-  coco  annotations.json, one annotation with an RLE mask per segment (pycocotools format)
-  hf    a Hugging Face dataset: data/*.parquet (labels as Image) and a README.md dataset card
+  png         img_dir/<name>.<ext> + ann_dir/<name>.png, mmsegmentation's layout
+  coco        images/<name>.<ext> + annotations.json, one RLE mask per segment (pycocotools)
+  hf          a Hugging Face dataset: data/*.parquet (image and labels as Image) and a dataset card
+  webdataset  shard-000000.tar, ...: <name>.<ext>, <name>.seg.png, <name>.json per sample
 
-Values are per-image segment ids; with --clusters (a folder from `emerdiff cluster`) they become
-dataset-wide classes (png, coco) or an extra class_labels column (hf).
+<name> is <shard>/<key> (<shard>/<key>~<n> for a key's n-th repeat in its shard). Images are read,
+byte for byte, from the input shard each row was labelled from (--no-images: labels only). Values
+are per-image segment ids; with --clusters (a class table from `emerdiff cluster` or `emerdiff
+name`) they are dataset-wide classes, 255 where a segment has none. Error rows and rows without a
+usable file name are counted in DIR/export.json, written last.
 
-    emerdiff export out/ --format png --out export/
+    emerdiff export out/ --format webdataset --out export-wds/ --clusters out-classes/
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ from __future__ import annotations
 import logging
 
 from jobs.command import Command
-from jobs.tools.export import ExportConfig, export
+from jobs.tools.export import ExportConfig, ExportSummary, export
 
 logger = logging.getLogger(__name__)
 
 
-def _report(config: ExportConfig, count: int) -> None:
-    logger.info("exported %d %s to %s", count, "annotations" if config.file_format == "coco" else "rows", config.destination)
+def _report(config: ExportConfig, summary: ExportSummary) -> None:
+    logger.info("exported %d rows to %s (%d error rows and %d rows without a usable name left out; see %s/export.json)",
+                summary.rows, config.destination, summary.error_rows, summary.skipped_rows, config.destination.rstrip("/"))
 
 
-COMMAND = Command(ExportConfig, export, _report)
+COMMAND = Command(ExportConfig, export, _report, json="export summary")
 add_arguments, run = COMMAND.add_arguments, COMMAND.run
 
 if __name__ == "__main__":

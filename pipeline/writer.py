@@ -14,8 +14,9 @@ from pipeline.storage import PendingFile
 from schemas.labels import rows_to_batch
 
 
-class _Sink:
-    """The file object pyarrow writes to; once abandoned, writes go nowhere (no footer is written)."""
+class PendingSink:
+    """The file object pyarrow (or tarfile) writes to, leaving the PendingFile open for its commit;
+    once abandoned, writes go nowhere (no footer is written)."""
 
     def __init__(self, file: PendingFile):
         self._file = file
@@ -49,7 +50,7 @@ class ParquetShardWriter:
         self.rows_per_row_group = rows_per_row_group
         self._buffer: list[dict] = []
         self._file = PendingFile(fs, path)
-        self._sink = _Sink(self._file)
+        self._sink = PendingSink(self._file)
         self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd")
         self._finished = False
 

@@ -61,7 +61,7 @@ class ClusterJob:
     # The class table folder; see the module docstring.
     destination: str | None = option(
         None, "Class table folder (default: OUTPUT-classes<C>, beside the output).", name="--out", metavar="DIR")
-    png: bool = option(False, "Also write the label maps relabelled to classes, DIR/ann_dir/<key>.png.")
+    png: bool = option(False, "Also write the label maps relabelled to classes, DIR/ann_dir/<shard>/<key>.png (as export png names them).")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

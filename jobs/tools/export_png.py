@@ -1,49 +1,47 @@
-"""Label maps as a folder of PNGs, ``ann_dir/<key>.png``: the layout mmsegmentation's and
-detectron2's semantic-segmentation loaders read. Values are segment ids, or dataset-wide classes
-when a class table (``emerdiff cluster``) is given.
+"""Images and label maps as two folders of files, mmsegmentation's layout:
+
+    DESTINATION/img_dir/<name>.<ext>   the image member of the input shard, byte for byte
+    DESTINATION/ann_dir/<name>.png     its label map: segment ids, or classes with a class table
+    DESTINATION/classes.json           with a class table: class names in id order, the ignore value
+
+``<name>`` is ``<shard>/<key>`` (``SampleNames``); mmsegmentation and detectron2 pair an image with
+its map by that relative path. ``--no-images`` writes ``ann_dir/`` alone.
 """
 
 from __future__ import annotations
 
-import posixpath
+import json
 
 from fsspec.core import url_to_fs
-from tqdm import tqdm
 
-from schemas.classes import ClassTable, relabel
-from schemas.labels import decode_label_png, encode_label_png
-from schemas.reading import ROW, iter_batches
+from jobs.tools.export import ExportRun
+from schemas.classes import UNKNOWN
+from schemas.reading import ROW
+from schemas.urls import options_for
 
 ANNOTATION_DIR = "ann_dir"
+IMAGE_DIR = "img_dir"
+CLASSES_FILE = "classes.json"
 
 
-def export_png(output: str, destination: str, storage_options: dict, class_table: str | None = None) -> int:
-    """Write one PNG per ok row; returns how many. The stored PNG is copied unless relabelled."""
-    classes = ClassTable(class_table, storage_options) if class_table else None
-    fs, root = url_to_fs(destination, **storage_options)
-    written = 0
-    with tqdm(desc="export png", unit="img", disable=None) as bar:
-        for shard, batch in iter_batches(output, ["key", "labels"], storage_options, ok_only=True, positions=True):
-            files = {}
-            columns = (batch.column(name).to_pylist() for name in ("key", "labels", ROW))
-            for key, cell, row in zip(*columns):
-                data = cell["bytes"] if classes is None else _relabelled(cell["bytes"], classes, shard, row, key)
-                files[f"{root}/{ANNOTATION_DIR}/{file_stem(key)}.png"] = data
-            for folder in {posixpath.dirname(path) for path in files}:
-                fs.makedirs(folder, exist_ok=True)  # keys with '/' become subfolders
-            fs.pipe(files)  # one concurrent upload per batch on object stores
-            written += len(files)
-            bar.update(len(files))
-    return written
+def export_png(run: ExportRun) -> None:
+    if run.classes is not None and not _is_class_table_folder(run):
+        class_list = {"class_names": run.class_names(), "ignore_index": UNKNOWN}
+        run.write_files({CLASSES_FILE: json.dumps(class_list, indent=1).encode()})
+    for batch in run.batches(["labels"], images=run.config.with_images):
+        files = {}
+        cells = zip(batch.names, batch.column("labels"), batch.column(ROW))
+        for index, (name, cell, row) in enumerate(cells):
+            files[f"{ANNOTATION_DIR}/{name}.png"] = run.label_png(batch.shard, row, cell["bytes"])
+            if batch.images is not None:
+                image = batch.images[index]
+                files[f"{IMAGE_DIR}/{name}.{image.extension}"] = image.data
+        run.write_files(files)
 
 
-def file_stem(key: str) -> str:
-    """The key as a relative file name; ValueError for keys that would leave the folder."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"sample key {key!r} cannot be used as a file name inside the export folder")
-    return posixpath.join(*parts)
-
-
-def _relabelled(png: bytes, classes: ClassTable, shard: str, row: int, key: str) -> bytes:
-    return encode_label_png(relabel(decode_label_png(png), classes.lookup(shard, row), f"row {key!r} of {shard}"))
+def _is_class_table_folder(run: ExportRun) -> bool:
+    # `emerdiff cluster --png` exports into the class table's own folder, whose classes.json already
+    # describes the classes (and must not be overwritten).
+    options = options_for(run.config.clusters, run.config.storage_options)
+    fs, root = url_to_fs(run.config.clusters, **options)
+    return type(fs) is type(run.fs) and root.rstrip("/") == run.root

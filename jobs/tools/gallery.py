@@ -21,13 +21,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from jobs.visualize import colorize, legend_colour, overlay
+from jobs.tools.input_images import InputShard, InputShardError, decoding_options
 from emerdiff.config import positive_int_problem
-from pipeline.config import LabelJobConfig, option, output_option
-from pipeline.decode import SampleError, decode_image, find_image
-from pipeline.sources import ShardReadError, ShardStream
+from pipeline.config import option, output_option
+from pipeline.decode import SampleError, decode_image
 from schemas.classes import UNKNOWN, ClassTable, relabel, segment_lookup
 from schemas.labels import STATUS_OK, decode_label_png, error_reason
-from schemas.reading import ROW, iter_batches, output_metadata, read_job, read_rows
+from schemas.layout import OutputLayout
+from schemas.reading import ROW, iter_batches, output_metadata, read_rows
 
 ROW_COLUMNS = ["key", "shard", "width", "height", "labels", "lowres_labels", "num_segments",
                "segments.id", "segments.area", "segments.score"]
@@ -154,51 +155,36 @@ def _segment_classes(table: ClassTable | None, shard: str, row: dict) -> Segment
 def load_photos(config: PreviewConfig, rows: list[dict]) -> dict[tuple[str, int], Image.Image | str]:
     """(input shard URL, row position) -> RGB photo as the labeller saw it, or a message saying why there is none.
 
-    Row i of a data file is sample i of its input shard, so each shard is streamed only up to the
-    last wanted position.
+    Each shard is streamed once, only up to the last wanted position (``jobs.tools.input_images``).
     """
-    extensions, max_pixels = _decode_options(config)
+    extensions, max_pixels = decoding_options(config.output, config.storage_options)
+    layout = OutputLayout(config.output, config.storage_options)
     wanted: dict[str, dict[int, str]] = defaultdict(dict)
     for row in rows:
         wanted[row["shard"]][row[ROW]] = row["key"]
     photos: dict[tuple[str, int], Image.Image | str] = {}
     for shard, keys in tqdm(wanted.items(), desc="reading photos", unit="shard", disable=None):
-        try:
-            found = _photos_of_shard(shard, keys, extensions, max_pixels, config.storage_options)
-        except ShardReadError as error:
-            found = dict.fromkeys(keys, f"photo unavailable: {error}")
+        with InputShard(layout, shard, extensions, config.storage_options) as source:
+            found = _photos_of_shard(source, keys, max_pixels)
         photos.update({(shard, index): photo for index, photo in found.items()})
     return photos
 
 
-def _photos_of_shard(shard: str, keys: dict[int, str], extensions, max_pixels: int, storage_options: dict) -> dict:
+def _photos_of_shard(source: InputShard, keys: dict[int, str], max_pixels: int) -> dict[int, Image.Image | str]:
     found: dict[int, Image.Image | str] = {}
-    for index, sample in enumerate(ShardStream(shard, storage_options)):
-        if index in keys:
-            found[index] = _photo(sample, keys[index], index, shard, extensions, max_pixels)
-            if len(found) == len(keys):
-                break
-    return {index: found.get(index, f"photo unavailable: {shard} has no sample {index} ({key}); has it changed?")
-            for index, key in keys.items()}
-
-
-def _photo(sample: dict, key: str, index: int, shard: str, extensions, max_pixels: int) -> Image.Image | str:
-    if sample["__key__"] != key:
-        return f"photo unavailable: sample {index} of {shard} is {sample['__key__']!r}, not {key!r}; has the shard changed?"
     try:
-        return decode_image(find_image(sample, extensions), max_pixels)
+        for index in sorted(keys):
+            found[index] = _photo(source.image(index, keys[index]).data, max_pixels)
+    except InputShardError as error:  # the shard is missing or changed: no later row of it can be trusted
+        found.update({index: f"photo unavailable: {error}" for index in keys if index not in found})
+    return found
+
+
+def _photo(data: bytes, max_pixels: int) -> Image.Image | str:
+    try:
+        return decode_image(data, max_pixels)
     except SampleError as error:
         return f"photo unavailable: {error}"
-
-
-def _decode_options(config: PreviewConfig) -> tuple[tuple[str, ...], int]:
-    # Decode as the labelling run did: its image extensions and size limit, else the defaults.
-    try:
-        job = read_job(config.output, config.storage_options).get("job", {})
-    except FileNotFoundError:
-        job = {}
-    extensions = tuple(job.get("image_extensions") or LabelJobConfig.image_extensions)
-    return extensions, int(job.get("max_image_pixels") or LabelJobConfig.max_image_pixels)
 
 
 # -- pictures ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from schemas.urls import glob_root, has_scheme, is_glob, read_list_file
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Fixed tar metadata: with it, the same samples always give the same bytes.
-_TAR_OPTIONS = dict(mtime=0, user="emerdiff", group="emerdiff", mode=0o444, format="PAX_FORMAT", encoder=False)
+TAR_OPTIONS = dict(mtime=0, user="emerdiff", group="emerdiff", mode=0o444, format="PAX_FORMAT", encoder=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +271,7 @@ def _write_shards(fs, output: str, config: ShardsConfig, samples: Iterator[dict]
         for index in range(math.ceil(total / config.maxcount)):
             path = f"{output}/{shard_file_name(config.prefix, index)}"
             # A store uploads the object on close, so readers never see half a shard there.
-            with fs.open(path, "wb") as handle, TarWriter(handle, **_TAR_OPTIONS) as writer:
+            with fs.open(path, "wb") as handle, TarWriter(handle, **TAR_OPTIONS) as writer:
                 for sample in itertools.islice(samples, config.maxcount):
                     writer.write(sample)
                     bar.update(1)

@@ -15,10 +15,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from emerdiff.segmentation import Segmentation, segment_statistics
+from label_helpers import write_shards
 from pipeline.config import LabelJobConfig
+from pipeline.sources import ShardInfo, ShardReadError, shard_info
 from schemas.labels import SCHEMA_VERSION, error_reason, error_row, file_metadata, labels_schema, ok_row, rows_to_batch
 from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats, manifest_row_done, manifest_row_failed, manifest_table
+from schemas.urls import options_for
 
 CONFIG = {"num_masks": 4, "seed": 0}
 def segmentation(labels, embeddings: dict[int, list[float]], num_masks: int = 4, score: float = 0.5) -> Segmentation:
@@ -56,7 +59,7 @@ def write_output(url: str, shards: dict[str, list], storage_options: dict | None
     for name, samples in shards.items():
         rows = [_row(key, shard_urls[name], value) for key, value in samples]
         size = _write_data(layout, name, rows, metadata)
-        marker = _marker(name, shard_urls[name], rows, size, wall_seconds)
+        marker = _marker(name, shard_urls[name], rows, size, wall_seconds, _input_info(shard_urls[name], storage_options))
         layout.fs.pipe_file(layout.marker_path(name), marker.to_json().encode())
         manifest.append(manifest_row_done(marker))
     for name, samples in (interrupted or {}).items():
@@ -96,12 +99,20 @@ def _write_data(layout: OutputLayout, name: str, rows: list[dict], metadata: dic
     return len(buffer.getvalue())
 
 
-def _marker(name: str, url: str, rows: list[dict], size: int, wall_seconds: float) -> ShardMarker:
+def _input_info(url: str, storage_options: dict | None) -> ShardInfo:
+    # What the labeller records of an input shard; nothing for one that does not exist.
+    try:
+        return shard_info(url, options_for(url, storage_options))
+    except ShardReadError:
+        return ShardInfo(size=None, etag=None)
+
+
+def _marker(name: str, url: str, rows: list[dict], size: int, wall_seconds: float, info: ShardInfo) -> ShardMarker:
     stats = ShardStats(wall_seconds=wall_seconds)
     for row in rows:
         stats.count_row(row["status"] == "ok", error_reason(row["error"]) if row["error"] else None)
     return ShardMarker(
-        shard=name, url=url, data_file=data_file_key(name), data_bytes=size, input_size=None, input_etag=None,
+        shard=name, url=url, data_file=data_file_key(name), data_bytes=size, input_size=info.size, input_etag=info.etag,
         config_hash="c0ffee", model="tiny", weights_sha256="0" * 64, schema_version=SCHEMA_VERSION,
         code_version="test", attempt=1, worker="test:1", started_at="2026-01-01T00:00:00Z",
         finished_at="2026-01-01T00:00:02Z", stats=stats,
@@ -126,10 +137,11 @@ def blocky_labels(seed: int, shape=(6, 8), num_masks: int = 4) -> np.ndarray:
     return np.kron(blocks, np.ones((2, 2), dtype=int))
 
 
-def build_small_output(url: str, storage_options=None) -> dict:
+def build_small_output(url: str, storage_options=None, inputs: str | None = None) -> dict:
     """Two shards: 5 ok rows (segment i's embedding near prototype i % 3) and 1 error row.
 
-    Returns key -> label map of the ok rows.
+    With ``inputs`` (a folder URL), the rows are labelled from input shards written there
+    (``input_samples``); without, their input shards do not exist. Returns key -> label map of the ok rows.
     """
     generator = np.random.default_rng(0)
     maps, shards = {}, {"shard-000000": [], "shard-000001": []}
@@ -140,8 +152,38 @@ def build_small_output(url: str, storage_options=None) -> dict:
         shards[f"shard-00000{index % 2}"].append((key, segmentation(labels, embeddings, score=0.25 + 0.1 * index)))
         maps[key] = labels
     shards["shard-000001"].append(("broken", "undecodable image: cannot identify image file"))
-    write_output(url, shards, storage_options)
+    shard_urls = None
+    if inputs is not None:
+        samples = {f"{name}.tar": [input_sample(key, maps.get(key)) for key, _ in rows] for name, rows in shards.items()}
+        shard_urls = dict(zip(shards, write_shards(inputs, samples, storage_options)))
+    write_output(url, shards, storage_options, shard_urls=shard_urls)
     return maps
+
+
+# Segment id -> colour of the input images of ``build_small_output``: a pixel's colour gives its label.
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200]], dtype=np.uint8)
+JPEG_KEY = "img3"  # the one input image stored as JPEG (lossy: its colours are only near PALETTE's)
+
+
+def input_sample(key: str, labels: np.ndarray | None) -> dict:
+    """The input sample of a row: its label map painted with PALETTE (PNG, or JPEG for JPEG_KEY);
+    without labels (an error row), bytes that are no image."""
+    if labels is None:
+        return {"__key__": key, "jpg": b"not an image"}
+    buffer = io.BytesIO()
+    Image.fromarray(PALETTE[labels]).save(buffer, format="JPEG" if key == JPEG_KEY else "PNG")
+    return {"__key__": key, "jpg" if key == JPEG_KEY else "png": buffer.getvalue()}
+
+
+def input_member(key: str, labels: np.ndarray) -> tuple[str, bytes]:
+    """(extension, bytes) of an ok row's image member in its input shard."""
+    [(extension, data)] = [(name, value) for name, value in input_sample(key, labels).items() if name != "__key__"]
+    return extension, data
+
+
+def export_name(key: str) -> str:
+    """The name exports give an ok row of build_small_output, whose shard i % 2 holds img<i>."""
+    return f"shard-00000{int(key[-1]) % 2}/{key}"
 
 
 A, B, OTHER = [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]

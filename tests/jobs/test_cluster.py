@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from jobs.cli import main
-from output_builder import segmentation, write_output
+from output_builder import export_name, segmentation, write_output
 
 
 def read_table(folder) -> dict:
@@ -34,9 +34,9 @@ def test_every_segment_gets_the_class_of_its_embedding(small_output, tmp_path):
     assert summary["num_classes"] == 3 and summary["num_segments"] == len(table)
     assert sum(summary["segments_per_class"]) == len(table)
     assert np.load(out / "centroids.npy").shape == (3, 8)
-    # --png: each map relabelled through the table.
+    # --png: each map relabelled through the table, named <shard>/<key>.png as `export png` names it.
     for key, labels in maps.items():
-        relabelled = np.asarray(Image.open(out / f"ann_dir/{key}.png"))
+        relabelled = np.asarray(Image.open(out / f"ann_dir/{export_name(key)}.png"))
         assert np.array_equal(relabelled, np.vectorize(lambda s: table[(key, int(s))])(labels))
 
 

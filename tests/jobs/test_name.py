@@ -155,6 +155,16 @@ def test_coco_export_and_evaluation_use_the_names(labelled, tmp_path, capsys):
     assert "by-name" in capsys.readouterr().out
 
 
+def test_the_hf_export_carries_the_clip_embeddings(labelled, tmp_path):
+    import datasets
+
+    _, output = labelled
+    assert main(["export", output, "--format", "hf", "--out", str(tmp_path / "hf"), "--no-images"]) == 0
+    dataset = datasets.load_dataset("parquet", data_files=str(tmp_path / "hf/data/*.parquet"), split="train",
+                                    cache_dir=str(tmp_path / "cache"))
+    assert all(len(segment["clip_embedding"]) == 16 for row in dataset for segment in row["segments"])
+
+
 def test_naming_an_output_without_embeddings_is_refused_and_writes_nothing(labelled, tmp_path, caplog):
     shards, _ = labelled
     plain = str(tmp_path / "plain")

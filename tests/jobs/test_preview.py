@@ -78,7 +78,7 @@ def test_photos_of_a_missing_shard_are_reported_not_fatal(tmp_path, small_output
     url, _ = small_output  # its rows name input shards that do not exist
     html = gallery(url, tmp_path, "--n", "3").read_text()
     assert html.count('<article class="card">') == 3
-    assert "photo unavailable: cannot open shard" in html
+    assert "photo unavailable: cannot read the image of row" in html and "cannot open shard" in html
 
 
 def test_each_row_shows_its_own_photo_when_a_key_heads_two_samples(tmp_path):
