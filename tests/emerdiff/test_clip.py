@@ -1,10 +1,9 @@
 """SegmentCLIP against a second, slow implementation of the MaskCLIP recipe, and the recipe's rules.
 
 The agreement test also runs against plain CLIP (full attention in the last layer) and must fail
-there (``_fails_when``), so it cannot pass by accident.
+there (``broken_variants.fails_when``), so it cannot pass by accident.
 """
 
-import contextlib
 import json
 import shutil
 from unittest import mock
@@ -12,6 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from broken_variants import fails_when
 from maskclip_reference import dense as slow_dense
 from maskclip_reference import segment_embeddings as slow_segments
 from PIL import Image
@@ -35,15 +35,6 @@ def picture(photos):
 
 def blocky(shape, num_masks, seed=0):
     return np.random.default_rng(seed).integers(0, num_masks, shape)
-
-
-def _fails_when(broken, check):
-    """``check`` raises AssertionError while the patches in ``broken`` are active."""
-    with contextlib.ExitStack() as stack:
-        for patch in broken:
-            stack.enter_context(patch)
-        with pytest.raises(AssertionError):
-            check()
 
 
 def _plain_clip():
@@ -71,7 +62,7 @@ def test_segment_embeddings_agree_with_the_slow_recipe(clip, picture):
         assert _relative_error(clip.segment_embeddings(picture, labels, 5), expected) < RELATIVE
 
     check()
-    _fails_when([_plain_clip()], check)
+    fails_when([_plain_clip()], check)
 
 
 def test_batched_images_get_the_embeddings_each_gets_alone(clip, photos):

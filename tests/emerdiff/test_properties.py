@@ -1,7 +1,8 @@
 """The spec's "Properties every implementation must satisfy", on the fast path and the tiny random model.
 
 Each property test is also run against a deliberately broken variant of the code (named in its
-docstring) and must fail there: ``_fails_when`` checks that, so no test here can pass by accident.
+docstring) and must fail there: ``broken_variants.fails_when`` checks that, so no test here can
+pass by accident.
 """
 
 import contextlib
@@ -10,6 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from broken_variants import fails_when
 
 from emerdiff import EmerDiffSegmenter
 from emerdiff.attention import AttentionState, EmerDiffAttnProcessor, split_heads
@@ -39,15 +41,6 @@ def _quadrant_masks(segmenter):
     lowres[side // 2 :, : side // 2] = 2
     lowres[side // 2 :, side // 2 :] = 3
     return segmenter._token_masks(lowres, 4)
-
-
-def _fails_when(broken, check):
-    """``check`` raises AssertionError while the patches in ``broken`` are active."""
-    with contextlib.ExitStack() as stack:
-        for patch in broken:
-            stack.enter_context(patch)
-        with pytest.raises(AssertionError):
-            check()
 
 
 @contextlib.contextmanager
@@ -131,7 +124,7 @@ def test_zero_strength_gives_identical_images_and_zero_differences(tiny_model, t
         assert torch.count_nonzero(differences) == 0
 
     check()
-    _fails_when([_noise_maps_per_run()], check)
+    fails_when([_noise_maps_per_run()], check)
 
 
 def _sign_order_only_on_minus():
@@ -158,7 +151,7 @@ def test_swapping_the_signs_gives_the_same_differences(tiny_model, tiny_config, 
                                    atol=1e-4 * float(expected.abs().amax()))
 
     check()
-    _fails_when([_sign_order_only_on_minus()], check)
+    fails_when([_sign_order_only_on_minus()], check)
 
 
 def _first_pair_everywhere():
@@ -182,7 +175,7 @@ def test_batched_and_one_pair_at_a_time_runs_agree(tiny_model, tiny_config, phot
         torch.testing.assert_close(together, separate, rtol=1e-3, atol=1e-4 * float(separate.abs().amax()))
 
     check()
-    _fails_when([_first_pair_everywhere()], check)
+    fails_when([_first_pair_everywhere()], check)
 
 
 # -- the trajectory --------------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def test_the_un_nudged_trajectory_passes_through_the_drawn_samples_and_ends_at_t
     def without_noise_map(self, latents, noise_prediction, step, noise_maps):
         return self._mean(latents, noise_prediction.float(), slice(step, step + 1))
 
-    _fails_when([mock.patch.object(DDPMInversion, "step", without_noise_map)], check)
+    fails_when([mock.patch.object(DDPMInversion, "step", without_noise_map)], check)
 
 
 def test_the_grid_and_the_scheduler_flags_are_pinned(tiny_model, tiny_config):
@@ -242,7 +235,7 @@ def test_the_grid_and_the_scheduler_flags_are_pinned(tiny_model, tiny_config):
 
     check()
     flipped = dict(SCHEDULER_FLAGS, set_alpha_to_one=True)
-    _fails_when([mock.patch("emerdiff.inversion.SCHEDULER_FLAGS", flipped)], check)
+    fails_when([mock.patch("emerdiff.inversion.SCHEDULER_FLAGS", flipped)], check)
     # The model's own scheduler file carries the same flags (the tiny model is saved like SD's).
     saved = DDIMScheduler.load_config(str(tiny_model), subfolder="scheduler")
     assert (saved["set_alpha_to_one"], saved["steps_offset"], saved["timestep_spacing"]) == (False, 1, "leading")
@@ -310,7 +303,7 @@ def test_modulated_runs_use_the_reference_query_and_key_in_every_attention_layer
         torch.testing.assert_close(cross_calls[step][1], expected_cross.expand_as(cross_calls[step][1]), rtol=1e-4, atol=1e-5)
 
     check()
-    _fails_when([_without_injection()], check)
+    fails_when([_without_injection()], check)
 
 
 @torch.inference_mode()
@@ -344,8 +337,8 @@ def test_a_one_cell_mask_changes_the_layer_output_only_at_that_token_and_step(ti
                 assert torch.count_nonzero(changed > 1e-4) == 0, f"step {step} changed tokens {torch.nonzero(changed).flatten().tolist()}"
 
     check()
-    _fails_when([_modulated_one_step_late()], check)
-    _fails_when(_modulated_at(segmenter, FEATURE_LAYER), check)
+    fails_when([_modulated_one_step_late()], check)
+    fails_when(_modulated_at(segmenter, FEATURE_LAYER), check)
 
 
 # -- features ---------------------------------------------------------------------------------------
@@ -388,7 +381,7 @@ def test_batched_feature_passes_give_the_mean_of_sequential_ones(tiny_model, tin
     check()
     same_draw = torch.Generator("cpu").manual_seed(config.seed)
     one_noise = torch.randn(latents.shape[1:], generator=same_draw)
-    _fails_when([mock.patch("torch.randn", lambda *args, **kwargs: one_noise.clone())], check)
+    fails_when([mock.patch("torch.randn", lambda *args, **kwargs: one_noise.clone())], check)
 
 
 # -- errors and output contract ---------------------------------------------------------------------
