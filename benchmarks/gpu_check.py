@@ -15,6 +15,9 @@ and letting the others run (``{"error": ...}``), or ``{"skipped": why}`` when th
   (chunk sizes, attention_replay layers).
 - ``flops``: FLOPs per image per stage (``torch.utils.flop_counter``, one instrumented image) and
   the achieved TFLOP/s of each stage and of the whole, next to the device's peak.
+- ``clip``: the CLIP stage of ``label --clip-model`` (a random CLIP of ViT-B/16's shapes at 448 px,
+  in the base dtype): seconds per image on the timed images and their label maps, FLOPs per image
+  (meta device) and their share of the image's total with the method's.
 - ``precision``: labels of other dtypes against the base dtype's (fp32 and bf16 against fp16 on a
   GPU), and of true float32 convolutions against TF32 ones (``tf32=false``, the config's other choice).
 - ``reference``: the slow reference (``emerdiff.reference``) against production on one image at small K.
@@ -117,6 +120,7 @@ class Settings:
     needs_seconds: dict  # rough seconds each section needs; it starts only if they are left
     child_start_seconds: float  # a runtime option's process: imports, CUDA start, the model built
     compile_seconds: dict  # cold compile of each torch_compile part, until this run measures it
+    clip: tuple[str, int]  # the CLIP stage's random model shape (benchmarks/models.py) and resolution
 
 
 FULL = Settings(
@@ -132,9 +136,9 @@ FULL = Settings(
              ("channels_last+torch_compile=unet+vae", {"channels_last": True, "torch_compile": "unet+vae"})),
     ray_images=4, ray_images_per_shard=2, budget_seconds=8 * 60,
     # Estimates for an H100/H200 (none measured yet): docs/performance.md, "GPU check".
-    needs_seconds={"environment": 0, "production": 60, "flops": 15, "precision": 60, "reference": 40, "ray": 90,
-                   "runtime_options": 0},  # runtime options: each is checked against what is left
-    child_start_seconds=30, compile_seconds={"unet": 150, "vae": 120},
+    needs_seconds={"environment": 0, "production": 60, "flops": 15, "clip": 15, "precision": 60, "reference": 40,
+                   "ray": 90, "runtime_options": 0},  # runtime options: each is checked against what is left
+    child_start_seconds=30, compile_seconds={"unet": 150, "vae": 120}, clip=("vitb16", 448),
 )
 SMOKE = Settings(
     shape="tiny",
@@ -148,7 +152,7 @@ SMOKE = Settings(
     ray_images=2, ray_images_per_shard=1,
     # Not a budget to keep (CI machines are slow and shared): only a guard against a hung section.
     budget_seconds=900, needs_seconds=dict.fromkeys(FULL.needs_seconds, 0), child_start_seconds=90,
-    compile_seconds={"unet": 600, "vae": 300},
+    compile_seconds={"unet": 600, "vae": 300}, clip=("tiny", 64),
 )
 COMPILED_PARTS = {"none": (), "unet": ("unet",), "vae": ("vae",), "unet+vae": ("unet", "vae")}
 ACTOR_READY_SECONDS = 120  # the Ray section fails, saying why, if no actor has loaded its model by then
@@ -352,6 +356,44 @@ def flops(settings: Settings, state: dict) -> dict:
     }
     if state.get("peak_tflops"):
         report["share_of_peak"] = report["achieved_tflops"] / state["peak_tflops"]
+    state["flops_per_image"] = total
+    return report
+
+
+def clip(settings: Settings, state: dict) -> dict:
+    """The CLIP stage on the timed images and their label maps; FLOPs counted on the meta device."""
+    from benchmarks.models import random_clip
+    from benchmarks.segment_bench import clip_flops
+    from emerdiff.clip import SegmentCLIP
+    from emerdiff.loading import resolve_dtype
+
+    device = torch.device(settings.device)
+    shape, resolution = settings.clip
+    with torch.device(device):
+        parts = random_clip(shape)
+    model = SegmentCLIP(parts, resolution, device, resolve_dtype(settings.dtype, device))
+    try:
+        images, maps = state["images"], state["base_labels"]
+        num_masks = settings.config.num_masks
+        model.segment_embeddings_batch(images[:1], maps[:1], num_masks)  # warm-up
+        runs = []
+        for image, labels in zip(images, maps):
+            synchronize(device)
+            started = time.perf_counter()
+            model.segment_embeddings_batch([image], [labels], num_masks)
+            synchronize(device)
+            runs.append(time.perf_counter() - started)
+    finally:
+        del model, parts
+        release(device)
+    flops = clip_flops(shape, resolution)
+    report = {"shape": shape, "resolution": resolution, "seconds_per_image": statistics.median(runs),
+              "runs_seconds_per_image": runs, "flops_per_image": flops}
+    method = state.get("flops_per_image")
+    if method:
+        report["share_of_image_flops"] = flops / (method + flops)
+    if state.get("seconds_per_image"):
+        report["share_of_image_seconds"] = report["seconds_per_image"] / (state["seconds_per_image"] + report["seconds_per_image"])
     return report
 
 
@@ -561,6 +603,7 @@ SECTIONS = {
     "environment": environment,
     "production": production,
     "flops": flops,
+    "clip": clip,
     "precision": precision,
     "reference": reference,
     "ray": ray_job,
@@ -638,6 +681,11 @@ def _rows(report: dict):
                               f"{prod['probability_layers']} probability layers, estimate {plan['estimated_peak_bytes'] / 2**30:.2f} GiB")
         if "peak_above_weights_bytes" in prod:
             yield "peak memory above weights", f"{prod['peak_above_weights_bytes'] / 2**30:.2f} GiB (estimate/measured {prod['estimate_over_measured']:.2f})"
+    clip_stage = report.get("clip", {})
+    if "seconds_per_image" in clip_stage:
+        share = f", {clip_stage['share_of_image_flops']:.1e} of the FLOPs" if "share_of_image_flops" in clip_stage else ""
+        yield (f"CLIP stage ({clip_stage['shape']}, {clip_stage['resolution']} px)",
+               f"{clip_stage['seconds_per_image']:.3f} s/image, {clip_stage['flops_per_image'] / 1e12:.3f} TFLOP{share}")
     fl = report.get("flops", {})
     if "achieved_tflops" in fl:
         peak = fl.get("peak_tflops_fp16_dense")

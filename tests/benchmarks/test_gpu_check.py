@@ -49,6 +49,9 @@ def test_smoke_run_reports_every_section(tmp_path, capsys, ray_session):
     assert plan["chunk_size"] >= 2 and plan["estimated_peak_bytes"] > 0
     assert production["chunks_in_use"] == {"unet": plan["chunk_size"], "decode": plan["decode_chunk"]}
     assert report["flops"]["flops_per_image"] > 0 and report["flops"]["achieved_tflops"] > 0
+    clip = report["clip"]  # the tiny CLIP at 64 px on the timed images
+    assert (clip["shape"], clip["resolution"]) == ("tiny", 64) and clip["seconds_per_image"] > 0
+    assert clip["share_of_image_flops"] == clip["flops_per_image"] / (report["flops"]["flops_per_image"] + clip["flops_per_image"])
     for dtype in ("float16", "bfloat16"):
         assert 0.5 <= report["precision"][dtype]["identical_label_pixels"] <= 1
     # TF32 exists only on CUDA: on a CPU the other choice must give the very same labels.
@@ -60,7 +63,8 @@ def test_smoke_run_reports_every_section(tmp_path, capsys, ray_session):
         assert report["runtime_options"][option]["process_seconds"] > report["runtime_options"][option]["seconds_per_image"]
     assert report["ray"]["identical_label_pixels"] == 1.0 and report["ray"]["efficiency"] > 0
     assert report["ray"]["gpus_given_to_ray"] == 0
-    assert "EmerDiff GPU check" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "EmerDiff GPU check" in printed and "CLIP stage (tiny, 64 px)" in printed
 
 
 @pytest.mark.timeout(300)
