@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from jobs.options import add_config_arguments, add_storage_arguments, config_values
+from jobs.options import BOOLEAN_FLAG, add_config_arguments, add_storage_arguments, config_values
 from jobs.tools.clustering import ClusterJob, cluster_output
 from jobs.tools.export_png import export_png
 from jobs.tools.kmeans import KMeansConfig
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, ClusterJob)
     add_config_arguments(parser, KMeansConfig)
-    parser.add_argument("--png", action="store_true", help="Also write relabelled label maps, DIR/ann_dir/<key>.png.")
+    parser.add_argument("--png", default=False, **BOOLEAN_FLAG, help="Also write relabelled label maps, DIR/ann_dir/<key>.png.")
     add_storage_arguments(parser)
 
 

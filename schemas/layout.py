@@ -36,7 +36,7 @@ def data_file_key(shard: str) -> str:
 class OutputLayout:
     """The files of one labelling output on any fsspec store.
 
-    Paths returned are the filesystem's own (no protocol), for use with ``layout.fs``; ``url()``
+    Paths returned are the filesystem's own (no protocol), for use with ``layout.fs``; ``full_url()``
     turns one back into a full URL. Shard arguments may be a name or an input URL.
     """
 
