@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         logger.error("%s", error)
         return 2
+    if summary.unchanged:
+        logger.info("%s already holds these %d shard(s), byte for byte: nothing to write", config.output, len(summary.shards))
+        return 0
     logger.info(
         "wrote %d samples (%d with ground truth) in %d shard(s) to %s",
         summary.samples, summary.with_ground_truth, len(summary.shards), config.output,
