@@ -27,13 +27,18 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+with open(REPOSITORY / "pyproject.toml", "rb") as _file:
+    PYPROJECT = tomllib.load(_file)
+PROJECT = PYPROJECT["project"]
 LINKS_PTH = "_offline_links.pth"
 
 
 def requirement_closure(requirement: str) -> dict[str, importlib.metadata.Distribution]:
-    """The installed distributions ``requirement`` needs, its own included, by canonical name.
+    """The installed distributions ``requirement`` needs, by canonical name.
 
-    Raises LookupError naming a needed distribution that is not installed.
+    The project's own requirements come from pyproject.toml, so that an edit counts before any
+    reinstall; the project itself is not in the result. Raises LookupError naming a needed
+    distribution that is not installed.
     """
     found: dict[str, importlib.metadata.Distribution] = {}
     done: set[tuple[str, frozenset[str]]] = set()
@@ -44,22 +49,19 @@ def requirement_closure(requirement: str) -> dict[str, importlib.metadata.Distri
         if (name, extras) in done:
             continue
         done.add((name, extras))
-        try:
-            distribution = found.get(name) or importlib.metadata.distribution(wanted.name)
-        except importlib.metadata.PackageNotFoundError:
-            raise LookupError(f"{wanted} is needed but not installed in {sys.prefix}") from None
-        found[name] = distribution
-        for text in distribution.requires or ():
+        if name == PROJECT["name"]:
+            texts = [*PROJECT["dependencies"], *(text for extra in extras for text in PROJECT["optional-dependencies"][extra])]
+        else:
+            try:
+                found[name] = found.get(name) or importlib.metadata.distribution(wanted.name)
+            except importlib.metadata.PackageNotFoundError:
+                raise LookupError(f"{wanted} is needed but not installed in {sys.prefix}") from None
+            texts = found[name].requires or ()
+        for text in texts:
             needed = Requirement(text)
             if needed.marker is None or any(needed.marker.evaluate({"extra": extra}) for extra in extras | {""}):
                 pending.append(needed)
     return found
-
-
-def build_requirements() -> list[str]:
-    """pyproject.toml's [build-system] requires: what pip needs to build the project without isolation."""
-    with open(REPOSITORY / "pyproject.toml", "rb") as file:
-        return tomllib.load(file)["build-system"]["requires"]
 
 
 def venv_environment(venv: Path) -> dict[str, str]:
@@ -82,8 +84,7 @@ def seed_venv(venv: Path, requirement: str, links: Path) -> list[str]:
     first, so that the linked ones are what pip and the build see.
     """
     needed = requirement_closure(requirement)
-    needed.pop(canonicalize_name(Requirement(requirement).name))
-    for build in build_requirements():
+    for build in PYPROJECT["build-system"]["requires"]:  # pip builds the project without isolation
         needed.update(requirement_closure(build))
     site_packages = Path(subprocess.check_output(
         [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
