@@ -89,10 +89,11 @@ def with_extras_named(start: Callable[[], int]) -> int:
     try:
         return start()
     except ModuleNotFoundError as error:
-        extra = EXTRA_MODULES.get((error.name or "").partition(".")[0])
+        module = (error.name or "").partition(".")[0]
+        extra = EXTRA_MODULES.get(module)
         if extra is None:
             raise
-        print(f"emerdiff: error: this command needs {error.name}, which the '{extra}' extra installs. From the "
+        print(f"emerdiff: error: this command needs {module}, which the '{extra}' extra installs. From the "
               f"repository root: pip install -e '.[{extra}]' (or '.[all]': everything the README uses).", file=sys.stderr)
         return 2
 
