@@ -5,13 +5,13 @@ So a fresh venv gets exactly the installed distributions its requirement needs (
 their dependencies, resolved from the installed metadata, transitively), and nothing else; pip
 then runs the line with ``--no-index --no-build-isolation`` and must find every requirement met.
 An extra that leaves out a package a command imports leaves it out of the venv too, and the
-command fails. That the same requirements resolve on PyPI is proved by the install of ``.[test]``
-(a superset) that runs before the tests, in CI from an empty pip cache.
+command fails. That the same requirements resolve from the package index is proved by the
+install of ``.[test]`` (a superset) that CI runs before the tests.
 
 The distributions are not copied (torch alone is a gigabyte): a folder outside the venv holds a
 symbolic link per top-level file of each, and a ``.pth`` file puts that folder on the venv's path.
-pip counts what lies there as installed, and never removes or rewrites a distribution that lies
-outside the environment it installs into.
+pip counts what lies there as installed, and does not uninstall a distribution that lies outside
+the environment it installs into, so the links never lead it to this venv's files.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def requirement_closure(requirement: str) -> dict[str, importlib.metadata.Distri
 
     The project's own requirements come from pyproject.toml, so that an edit counts before any
     reinstall; the project itself is not in the result. Raises LookupError naming a needed
-    distribution that is not installed.
+    distribution that is not installed, or not at a version the requirement accepts.
     """
     found: dict[str, importlib.metadata.Distribution] = {}
     done: set[tuple[str, frozenset[str]]] = set()
@@ -56,6 +56,8 @@ def requirement_closure(requirement: str) -> dict[str, importlib.metadata.Distri
                 found[name] = found.get(name) or importlib.metadata.distribution(wanted.name)
             except importlib.metadata.PackageNotFoundError:
                 raise LookupError(f"{wanted} is needed but not installed in {sys.prefix}") from None
+            if not wanted.specifier.contains(found[name].version, prereleases=True):
+                raise LookupError(f"{wanted} is needed but {name} {found[name].version} is installed in {sys.prefix}")
             texts = found[name].requires or ()
         for text in texts:
             needed = Requirement(text)
