@@ -74,8 +74,9 @@ def load_parts(source: str, dtype: torch.dtype, allow_pickle: bool = False) -> S
         return _load_folder(str(tiny_model_dir()), "tiny", dtype, allow_pickle)
     if "://" in source:
         raise ModelLoadError(
-            f"{source!r} is a URL. Copy the diffusers folder to local disk first (pipeline.models.local_model_source "
-            "does, once per machine), or pass the URL to `emerdiff label` or `emerdiff segment`, which do it for you."
+            f"{source!r} is a URL. Copy the diffusers folder to local disk first, or let the command do it: "
+            "`emerdiff label --model URL` (once per node) and `emerdiff segment --model URL` copy it into the model "
+            "cache (pipeline.models.local_model_source)."
         )
     path = Path(source).expanduser()
     if path.is_file():
