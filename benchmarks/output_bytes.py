@@ -1,88 +1,116 @@
-"""Bytes an output's rows take, with and without the CLIP embeddings of `label --clip-model`.
+"""Bytes per image of a labelling output, as written and at Stable Diffusion's embedding width.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.output_bytes --images 8 --num-masks 25 --clip-shape vitb16
+    python -m benchmarks.output_bytes OUTPUT [--embedding-width 1280] [--json FILE]
 
-Labels the same photos twice with a random model of SD's layout (the tiny one by default: bytes
-do not depend on its size, only on K, the embedding widths and the image size), once without CLIP
-and once with a random CLIP of ``--clip-shape`` (vitb16: D = 512), and reports the data files'
-bytes per row and per segment, and what the CLIP embeddings add. Random embeddings compress about
-as badly as real ones (float16 values with no structure Parquet's encodings could use).
+Reads the ok rows of the done shards of OUTPUT (made with any model, `--model tiny` included) and
+writes them again with the job's own Parquet writer, in memory, three ways:
+
+  as written               the rows unchanged
+  sd width                 each segment's embedding replaced by --embedding-width float16 values
+                           (SD 1.x: 1280), drawn at random: feature values' low bits compress as badly
+  sd width, coarse labels  also each label map replaced by the row's own low-resolution k-means map,
+                           resized to the image (nearest): the same segments, boundaries on the grid
+
+A random model's label maps are speckled, so `sd width` bounds what SD's label PNGs take from above
+and `sd width, coarse labels` from below; real masks lie in between. The report gives bytes per
+row by column and the storage a million such images take.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
+from collections import Counter
 from pathlib import Path
 
-from benchmarks.models import CLIP_SHAPES, SHAPES, random_clip
-from benchmarks.pipeline_bench import input_shards, model_folder
-from benchmarks.report import benchmark_main
-from emerdiff.tiny import _save_tokenizer
-from pipeline.config import LabelJobConfig
-from pipeline.driver import run_job
-from schemas.reading import iter_rows, read_markers
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.writer import ParquetShardWriter
+from schemas.labels import LABELS_SCHEMA, STATUS_OK, decode_label_png, encode_label_png
+from schemas.reading import iter_rows
+
+SD_EMBEDDING_WIDTH = 1280  # channels of SD 1.x's feature layer, up_blocks.1
+ROWS_PER_ROW_GROUP = 128  # the job's default (LabelJobConfig.rows_per_row_group)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
-    parser.add_argument("--clip-shape", default="vitb16", choices=sorted(CLIP_SHAPES))
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--num-masks", type=int, default=25)
-    parser.add_argument("--resolution", type=int, default=256, help="At least 64 x sqrt(K) on the tiny model (its 16x16 grid is latent/4).")
-    parser.add_argument("--clip-resolution", type=int, default=448)
-    parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.output_bytes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", help="A labelling output (local path or fsspec URL).")
+    parser.add_argument("--embedding-width", type=int, default=SD_EMBEDDING_WIDTH)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="Write the report here too.")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="emerdiff-bytes-"))
-    model = model_folder(args.shape, root / "model")
-    clip_folder = save_random_clip(args.clip_shape, root / "clip")
-    shards, _ = input_shards(args.images, args.images, root)
-    report = {"shape": args.shape, "clip_shape": args.clip_shape, "images": args.images, "num_masks": args.num_masks,
-              "resolution": args.resolution}
-    for name, clip in (("without_clip", None), ("with_clip", str(clip_folder))):
-        output = root / name
-        job = LabelJobConfig(inputs=tuple(shards), output=str(output), model=model, executor="local",
-                             clip_model=clip, clip_resolution=args.clip_resolution)
-        job = job.replace(method=job.method.replace(num_masks=args.num_masks, resolution=args.resolution,
-                                                    feature_samples=2, kmeans_restarts=2, modulation_timestep=61))
-        summary = run_job(job)
-        if summary.failed or summary.stats.errors:
-            raise RuntimeError(f"labelling failed: {summary.format()}")
-        rows = list(iter_rows(str(output), columns=["num_segments"]))
-        data_bytes = sum(marker.data_bytes for marker in read_markers(str(output)))
-        segments = sum(row["num_segments"] or 0 for row in rows)
-        report[name] = {"rows": len(rows), "segments": segments, "data_bytes": data_bytes,
-                        "bytes_per_row": data_bytes / len(rows), "segments_per_row": segments / len(rows)}
-    added = report["with_clip"]["data_bytes"] - report["without_clip"]["data_bytes"]
-    report["clip_bytes_per_row"] = added / report["with_clip"]["rows"]
-    report["clip_bytes_per_segment"] = added / report["with_clip"]["segments"]
-    report["clip_dim"] = CLIP_SHAPES[args.clip_shape]["projection_dim"]
+    rows = [row for row in iter_rows(args.output) if row["status"] == STATUS_OK]
+    if not rows:
+        raise SystemExit(f"{args.output} has no ok row in a done shard")
+    rng = np.random.default_rng(args.seed)
+    sd_width = [with_embeddings(row, args.embedding_width, rng) for row in rows]
+    variants = {"as written": rows, "sd width": sd_width, "sd width, coarse labels": [coarse(row) for row in sd_width]}
+    report = {"output": args.output, "rows": len(rows), "embedding_width": args.embedding_width,
+              "mean_segments": float(np.mean([row["num_segments"] for row in rows])),
+              "mean_pixels": float(np.mean([row["width"] * row["height"] for row in rows]))}
+    for name, variant in variants.items():
+        per_row = bytes_per_row(variant)
+        report[name] = {"bytes_per_row": per_row, "gb_per_million_images": per_row["file"] * 1e6 / 1e9}
     return report
 
 
-def save_random_clip(shape: str, folder: Path) -> Path:
-    """A random CLIP of ``shape`` saved as a transformers folder (with CLIP's byte-level tokenizer)."""
-    random_clip(shape).model.save_pretrained(folder)
-    _save_tokenizer(folder)
-    return folder
+def with_embeddings(row: dict, width: int, rng: np.random.Generator) -> dict:
+    segments = [{**segment, "embedding": rng.standard_normal(width).astype(np.float16).tolist()}
+                for segment in row["segments"]]
+    return {**row, "segments": segments}
 
 
-def print_table(report: dict) -> None:
-    print(f"\nOutput bytes: {report['images']} photos, {report['shape']} model at {report['resolution']} px, "
-          f"K={report['num_masks']}, CLIP {report['clip_shape']} (D={report['clip_dim']})")
-    for name in ("without_clip", "with_clip"):
-        r = report[name]
-        print(f"  {name:<13} {r['bytes_per_row']:>10.0f} bytes/row  ({r['segments_per_row']:.1f} segments/row)")
-    print(f"  CLIP embeddings add {report['clip_bytes_per_row']:.0f} bytes/row, "
-          f"{report['clip_bytes_per_segment']:.0f} bytes/segment (2 x D = {2 * report['clip_dim']} uncompressed)")
+def coarse(row: dict) -> dict:
+    """The row with its label map replaced by the low-resolution map resized to the image (nearest)."""
+    grid = decode_label_png(row["lowres_labels"]["bytes"])
+    ys = np.arange(row["height"]) * grid.shape[0] // row["height"]
+    xs = np.arange(row["width"]) * grid.shape[1] // row["width"]
+    return {**row, "labels": {"bytes": encode_label_png(grid[ys[:, None], xs[None, :]]), "path": None}}
+
+
+def bytes_per_row(rows: list[dict]) -> dict[str, float]:
+    """The file's bytes and each top-level column's compressed bytes, per row, as the job writes them."""
+    fs, path = fsspec.filesystem("memory"), "/emerdiff-output-bytes/data.parquet"
+    writer = ParquetShardWriter(fs, path, LABELS_SCHEMA, ROWS_PER_ROW_GROUP)
+    for row in rows:
+        writer.write(row)
+    size = writer.finish()
+    writer.commit()
+    with fs.open(path, "rb") as file:
+        metadata = pq.ParquetFile(file).metadata
+    fs.rm(path)
+    columns = Counter()
+    for group in range(metadata.num_row_groups):
+        for index in range(metadata.num_columns):
+            column = metadata.row_group(group).column(index)
+            columns[column.path_in_schema.split(".")[0]] += column.total_compressed_size
+    return {"file": size / len(rows), **{name: total / len(rows) for name, total in columns.most_common()}}
+
+
+def print_report(report: dict) -> None:
+    print(f"{report['rows']} ok rows of {report['output']}: {report['mean_segments']:.1f} segments and "
+          f"{report['mean_pixels'] / 1e6:.3f} MP per image on average; embeddings at {report['embedding_width']} values")
+    names = ["as written", "sd width", "sd width, coarse labels"]
+    print(f"{'bytes per row':<18}" + "".join(f"{name:>26}" for name in names))
+    for column in report["as written"]["bytes_per_row"]:
+        print(f"{column:<18}" + "".join(f"{report[name]['bytes_per_row'][column]:>26,.0f}" for name in names))
+    print(f"{'GB per million':<18}" + "".join(f"{report[name]['gb_per_million_images']:>26,.1f}" for name in names))
 
 
 def main(argv=None) -> int:
-    return benchmark_main(argv, parse_args, run, print_table)
+    args = parse_args(argv)
+    report = run(args)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from pipeline.exit_status import ExitStatus
 
 # name -> (module, one-line help); a module is imported only when its subcommand runs.
 SUBCOMMANDS = {
@@ -24,6 +26,15 @@ SUBCOMMANDS = {
     "cluster": ("jobs.cluster", "Cluster segment embeddings into dataset-wide classes."),
     "name": ("jobs.name", "Name every segment with a class from a list (CLIP text embeddings)."),
     "inspect": ("jobs.inspect", "Summarise a labelling output: shards, rows, errors, model, config."),
+}
+
+
+# The modules of pyproject.toml's optional extras that commands import. A command that finds one
+# missing ends with the line that installs its extra, not a traceback (tests/install/test_extras.py
+# keeps this table in step with the imports and the extras).
+EXTRA_MODULES = {
+    **dict.fromkeys(("ray", "webdataset", "braceexpand", "pyarrow"), "pipeline"),
+    **dict.fromkeys(("scipy", "pycocotools"), "tools"),
 }
 
 
@@ -53,21 +64,41 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(argv).parse_args(argv)
-    configure_logging(args.log_level)
-    return args.run(args)
+    def start() -> int:
+        args = build_parser(argv).parse_args(argv)
+        configure_logging(args.log_level)
+        return args.run(args)
+
+    return with_extras_named(start)
 
 
 def run_module(module_name: str, argv: Sequence[str] | None = None) -> int:
     """Entry for ``python -m jobs.<name>``: that subcommand alone, same flags."""
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    module.add_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    return module.run(args)
+    def start() -> int:
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        module.add_arguments(parser)
+        args = parser.parse_args(argv)
+        configure_logging(args.log_level)
+        return module.run(args)
+
+    return with_extras_named(start)
+
+
+def with_extras_named(start: Callable[[], int]) -> int:
+    """``start()``, or exit status 2 naming the extra to install when a module of one is missing."""
+    try:
+        return start()
+    except ModuleNotFoundError as error:
+        module = (error.name or "").partition(".")[0]
+        extra = EXTRA_MODULES.get(module)
+        if extra is None:
+            raise
+        print(f"emerdiff: error: this command needs {module}, which the '{extra}' extra installs. From the "
+              f"repository root: pip install -e '.[{extra}]' (or '.[all]': everything the README uses).", file=sys.stderr)
+        return ExitStatus.FAILED
 
 
 def exit_cleanly(code: int) -> None:

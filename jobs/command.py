@@ -4,7 +4,7 @@ Every tool module in ``jobs/`` declares a ``Command`` and exposes its ``add_argu
 (the protocol ``jobs.cli`` expects); this class owns what they would otherwise each repeat: the
 flags, ``--storage-options`` when the config has storage options, ``--json FILE`` when the result
 has a JSON form, turning the config's own ValueErrors (and inputs not found) into exit status 2,
-and the exit statuses of ``pipeline.tasks.ExitStatus``.
+and the exit statuses of ``pipeline.exit_status.ExitStatus``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from jobs.options import add_config_arguments, add_report_argument, add_storage_arguments, build_config
 from jobs.tools.reports import write_json
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 
 logger = logging.getLogger("jobs")
 

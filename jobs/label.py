@@ -27,7 +27,7 @@ from jobs.options import (
     add_config_arguments, add_method_arguments, add_model_arguments, add_storage_arguments, config_from_args, config_values,
 )
 from pipeline.config import LabelJobConfig
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 from schemas.urls import read_list_file
 
 logger = logging.getLogger("jobs.label")

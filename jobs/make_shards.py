@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def _report(config: ShardsConfig, summary: ShardsSummary) -> None:
+    if summary.unchanged:
+        logger.info("%s already holds these %d shard(s), byte for byte: nothing to write", config.output, len(summary.shards))
+        return
     logger.info(
         "wrote %d samples (%d with ground truth) in %d shard(s) to %s",
         summary.samples, summary.with_ground_truth, len(summary.shards), config.output,

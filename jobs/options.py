@@ -20,6 +20,10 @@ from typing import Any
 from emerdiff.config import DEFAULT_MODEL, EmerDiffConfig
 
 
+# A field's metadata may name a better one (SECONDS); N is a count, never a fraction.
+NUMBER_METAVARS = {int: "N", float: "FLOAT"}
+
+
 def nested(title: str) -> Any:
     """A config field holding another config dataclass whose flags join the command's, under ``title``."""
     return dataclasses.field(metadata={"nested": title})
@@ -75,12 +79,12 @@ def _argument(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
         settings["required"] = True
     if base is bool and name.startswith("--no-"):
         settings["action"] = "store_false"
-    elif base is bool:  # --flag alone, or --flag true/false to override a --config file
-        settings.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+    elif base is bool:
+        settings.update(BOOLEAN_FLAG)
     else:
         settings.update(type=_parse_comma_list if base is tuple else base, choices=choices)
-        if base in (int, float) and not choices:
-            settings["metavar"] = "N"
+        if base in NUMBER_METAVARS and not choices:
+            settings["metavar"] = NUMBER_METAVARS[base]
     settings.update(flag)
     return [name], settings
 
@@ -116,6 +120,11 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# --flag alone, or --flag true/false to override a --config file: every boolean flag but a --no-
+# negation takes its value so.
+BOOLEAN_FLAG = dict(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+
+
 def _parse_comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lstrip(".") for part in text.split(",") if part.strip())
 
@@ -147,7 +156,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="torch device; default CUDA when present, else CPU.")
     group.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                        help="Weights' dtype; default float16 on CUDA, float32 on CPU.")
-    group.add_argument("--allow-pickle", action="store_true",
+    group.add_argument("--allow-pickle", default=False, **BOOLEAN_FLAG,
                        help="Allow pickle-based checkpoints (.ckpt/.bin), which can run code when loaded. Only for trusted files.")
 
 

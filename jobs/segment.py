@@ -15,27 +15,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.options import add_config_arguments, add_method_arguments, add_model_arguments, config_from_args, config_values
+from jobs.options import (
+    add_config_arguments, add_method_arguments, add_model_arguments, add_storage_arguments, config_from_args, config_values,
+)
 from jobs.tools.segment_files import SegmentFilesConfig, load_namer, segment_files
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SegmentFilesConfig)
     add_model_arguments(parser)
+    add_storage_arguments(parser)
     add_method_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from emerdiff import EmerDiffSegmenter, ModelLoadError
+    from pipeline.models import local_model_source
 
     try:
         method = config_from_args(args)
         files = SegmentFilesConfig(**config_values(SegmentFilesConfig, args))
+        # A model URL is copied once into $EMERDIFF_MODEL_CACHE, as `emerdiff label` does on each node.
+        source = local_model_source(args.model, args.storage_options)
         segmenter = EmerDiffSegmenter.from_pretrained(
-            args.model, config=method, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
+            source, config=method, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle
         )
-        namer = load_namer(files, args.device)
+        namer = load_namer(files, args.device, args.storage_options)
     except (ValueError, OSError) as error:
         print(f"emerdiff segment: error: {error}", file=sys.stderr)
         return ExitStatus.USAGE

@@ -71,16 +71,18 @@ class LabelJobConfig:
     accelerator: Literal["auto", "gpu", "cpu"] = option(
         "auto", "gpu: each actor takes one GPU; cpu: CPU-only actors; auto: gpu if the cluster has GPUs now. "
                 "Use gpu on autoscaling clusters whose GPU nodes are not up yet.", choices=["auto", "gpu", "cpu"])
-    cpus_per_actor: float | None = option(None, "CPUs reserved per actor. Default: 1 for GPU actors; the CPUs split evenly for CPU actors.")
+    cpus_per_actor: float | None = option(
+        None, "CPUs reserved per actor. Default: 1 for GPU actors; the CPUs split evenly for CPU actors.", metavar="CPUS")
     max_attempts: int = option(3, "Tries per shard (errors and dead actors both count) before it is reported as failed.")
     model_cache_dir: str | None = option(
         None, "Node-local folder where a --model given as URL is copied once. Default: $EMERDIFF_MODEL_CACHE or ~/.cache/emerdiff/models.")
     allow_pipe: bool = option(False, "Allow 'pipe:COMMAND' inputs, which run a shell command per shard.")
     lease_seconds: float = option(
         120.0, "The job holds OUTPUT/_lease.json, renewed every quarter of this; if its driver dies, another job may "
-               "take the output over this long after the last renewal.")
+               "take the output over this long after the last renewal.", metavar="SECONDS")
     lease_wait: float = option(
-        0.0, "Seconds to wait for another job writing the same --output to finish (or its lease to expire) instead of refusing at once.")
+        0.0, "Seconds to wait for another job writing the same --output to finish (or its lease to expire) instead of refusing at once.",
+        metavar="SECONDS")
     overwrite: bool = option(False, "Delete an existing output in --output (whatever made it) and label every shard again.")
     dry_run: bool = option(False, "List pending and done shards and exit: no model is loaded, no Ray started.")
 

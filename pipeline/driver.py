@@ -26,7 +26,8 @@ from pipeline.config import LabelJobConfig
 from pipeline.distributors import JobError, ProgressCallback, ShardQueue, run_locally, run_on_ray
 from pipeline.lease import LeaseRecord, OutputLease, read_lease
 from pipeline.progress import ImageProgress
-from pipeline.tasks import Event, ExitStatus, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
+from pipeline.exit_status import ExitStatus
+from pipeline.tasks import Event, Progress, ShardDone, ShardFailed, ShardRetry, ShardTask, WorkerReady
 from schemas.labels import SCHEMA_VERSION
 from schemas.layout import OutputLayout, data_file_key
 from schemas.markers import ShardMarker, ShardStats, manifest_row_failed

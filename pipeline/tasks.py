@@ -7,7 +7,6 @@ imports nothing of theirs (nor torch).
 from __future__ import annotations
 
 import dataclasses
-import enum
 
 from schemas.markers import ShardMarker
 from schemas.shards import shard_name
@@ -65,18 +64,3 @@ class ShardFailed:
 
 Event = WorkerReady | ShardDone | ShardRetry | ShardFailed
 
-
-class ExitStatus(enum.IntEnum):
-    """What every ``emerdiff`` command's exit status means: one class of outcome each.
-
-    Callers (schedulers, ``ray job submit``, CI) decide from it alone whether to rerun, fix the
-    command, or fix the environment. docs/operations.md shows the same table.
-    """
-
-    OK = 0  # everything asked for is done
-    PARTIAL = 1  # some shards (label) or images (segment) failed after their retries; the rest is done, a rerun retries only those
-    USAGE = 2  # refused before any work: a bad flag or value, an input or model that cannot be used as given
-    REFUSED = 3  # the output is not this job's to write: made with another model or config, or held by a running job
-    TAKEN_OVER = 4  # another job took the output over mid-run: this one stopped without committing more
-    FAILED = 5  # the job could not run: Ray did not start, actors could not load the model or kept dying
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM: committed shards stay, a rerun resumes

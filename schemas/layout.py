@@ -9,7 +9,8 @@
       _lease.json                 held by the job writing the output now (pipeline.lease)
 
 Everything but the data files starts with ``_`` so Parquet readers pointed at ``OUTPUT/data/``
-(or at ``OUTPUT/`` with the usual ``_``-prefix filter) see only labels.
+(or at ``OUTPUT/`` with the usual ``_``-prefix filter) see only labels; but a data file appears
+before its marker, so only ``schemas.reading.committed_data_files`` lists exactly the done shards'.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def data_file_key(shard: str) -> str:
 class OutputLayout:
     """The files of one labelling output on any fsspec store.
 
-    Paths returned are the filesystem's own (no protocol), for use with ``layout.fs``; ``url()``
+    Paths returned are the filesystem's own (no protocol), for use with ``layout.fs``; ``full_url()``
     turns one back into a full URL. Shard arguments may be a name or an input URL.
     """
 

@@ -113,9 +113,10 @@ def export(config: ExportConfig) -> ExportSummary:
     shard that is missing or changed (``InputShardError``); the files already written stay whole,
     and no summary is written.
     """
-    run = ExportRun(config)
     module, function = EXPORTERS[config.file_format]
-    getattr(importlib.import_module(module), function)(run)
+    exporter = getattr(importlib.import_module(module), function)  # first: a format's missing extra says so at once
+    run = ExportRun(config)
+    exporter(run)
     return run.finish()
 
 

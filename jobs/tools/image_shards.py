@@ -52,7 +52,9 @@ class ShardsConfig:
         None, "Map the ground truth's fine ids to coarse classes, e.g. COCO-Stuff's 182 labels to its 27 classes.",
         choices=sorted(GT_MAPPINGS))
     prefix: str = option("shard", "Shard names are PREFIX-000000.tar, ...")
-    overwrite: bool = option(False, "Replace shards with the same prefix already in --output.")
+    overwrite: bool = option(
+        False, "Replace shards with the same prefix already in --output. Without it, shards that are byte for byte "
+               "what these images make are kept (a rerun succeeds) and any others are refused.")
     storage_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,10 +79,16 @@ class ShardsSummary:
     samples: int
     with_ground_truth: int
     shards: tuple[str, ...]
+    unchanged: bool = False  # the output already held exactly these shards; nothing was written
 
 
 def make_shards(config: ShardsConfig) -> ShardsSummary:
-    """Write the shards; raises ValueError (before writing anything) on unusable input."""
+    """Write the shards; raises ValueError (before writing anything) on unusable input.
+
+    When ``--output`` already holds shards of this prefix, they are left as they are if they are
+    byte for byte the ones these images make (a rerun of the same command succeeds without writing),
+    replaced with ``--overwrite``, and refused otherwise.
+    """
     source_fs, source_path = url_to_fs(config.source, **config.storage_options)
     images = list_images(source_fs, source_path)
     if not images:
@@ -89,11 +97,22 @@ def make_shards(config: ShardsConfig) -> ShardsSummary:
     truth_fs, truth = _pair_ground_truth(images, keys, config) if config.ground_truth else (None, {})
 
     output_fs, output_path = url_to_fs(config.output, **config.storage_options)
-    _clear_output(output_fs, output_path, config)
     table = GT_MAPPINGS[config.gt_mapping][0] if config.gt_mapping else None
     samples = _samples(source_fs, images, keys, truth_fs, truth, table)
-    shards = _write_shards(output_fs, output_path, config, samples, len(images))
-    return ShardsSummary(samples=len(images), with_ground_truth=len(truth), shards=shards)
+    names = [shard_file_name(config.prefix, index) for index in range(math.ceil(len(images) / config.maxcount))]
+    existing = output_fs.glob(f"{output_path}/{shard_file_glob(config.prefix)}")
+    unchanged = bool(existing) and not config.overwrite
+    with tqdm(samples, total=len(images), unit="img", desc="make-shards", disable=None) as bar:
+        if unchanged:
+            bar.set_description("make-shards (comparing)")
+            _check_identical(output_fs, existing, names, config, iter(bar))
+        else:
+            if existing:
+                output_fs.rm(existing)
+            output_fs.makedirs(output_path, exist_ok=True)
+            _write_shards(output_fs, output_path, names, config, iter(bar))
+    shards = tuple(output_fs.unstrip_protocol(f"{output_path}/{name}") for name in names)
+    return ShardsSummary(samples=len(images), with_ground_truth=len(truth), shards=shards, unchanged=unchanged)
 
 
 # -- finding the input -----------------------------------------------------------------------------
@@ -253,27 +272,52 @@ def _extension(path: str) -> str:
     return "jpg" if extension == "jpeg" else extension
 
 
-def _clear_output(fs: fsspec.AbstractFileSystem, output: str, config: ShardsConfig) -> None:
-    existing = fs.glob(f"{output}/{shard_file_glob(config.prefix)}")
-    if existing and not config.overwrite:
+def _write_shards(fs, output: str, names: list[str], config: ShardsConfig, samples: Iterator[dict]) -> None:
+    for name in names:
+        # A store uploads the object on close, so readers never see half a shard there.
+        with fs.open(f"{output}/{name}", "wb") as handle:
+            _write_tar(handle, itertools.islice(samples, config.maxcount))
+
+
+def _check_identical(fs, existing: list[str], names: list[str], config: ShardsConfig, samples: Iterator[dict]) -> None:
+    """Raise ValueError unless ``existing`` are exactly the shards ``names`` that ``samples`` make."""
+    by_name = {posixpath.basename(path): path for path in existing}
+    difference = None
+    if sorted(by_name) != names:
+        difference = f"it holds {len(by_name)} shard(s) of that name, these images make {len(names)}"
+    for name in names if difference is None else ():
+        expected = hashlib.sha256()
+        _write_tar(_Digest(expected), itertools.islice(samples, config.maxcount))
+        if _file_sha256(fs, by_name[name]) != expected.hexdigest():
+            difference = f"{name} differs"
+            break
+    if difference is not None:
         raise ValueError(
-            f"{config.output} already holds {len(existing)} shard(s) named {shard_file_glob(config.prefix)}; "
-            "choose an empty folder or pass --overwrite to replace them"
+            f"{config.output} already holds shards named {shard_file_glob(config.prefix)} that are not the ones these "
+            f"images make ({difference}); choose an empty folder or pass --overwrite to replace them"
         )
-    if existing:
-        fs.rm(existing)
-    fs.makedirs(output, exist_ok=True)
 
 
-def _write_shards(fs, output: str, config: ShardsConfig, samples: Iterator[dict], total: int) -> tuple[str, ...]:
-    written = []
-    with tqdm(total=total, unit="img", desc="make-shards", disable=None) as bar:
-        for index in range(math.ceil(total / config.maxcount)):
-            path = f"{output}/{shard_file_name(config.prefix, index)}"
-            # A store uploads the object on close, so readers never see half a shard there.
-            with fs.open(path, "wb") as handle, TarWriter(handle, **TAR_OPTIONS) as writer:
-                for sample in itertools.islice(samples, config.maxcount):
-                    writer.write(sample)
-                    bar.update(1)
-            written.append(fs.unstrip_protocol(path))
-    return tuple(written)
+def _write_tar(handle, samples: Iterator[dict]) -> None:
+    with TarWriter(handle, **TAR_OPTIONS) as writer:
+        for sample in samples:
+            writer.write(sample)
+
+
+class _Digest:
+    """A write-only stream that hashes what a tar writer would have written."""
+
+    def __init__(self, digest):
+        self.digest = digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+
+def _file_sha256(fs, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -11,7 +11,7 @@ from jobs.cli import run_module
 from pipeline import driver
 from pipeline.distributors import JobError
 from pipeline.lease import LeaseLost, OutputLease
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 from schemas.layout import OutputLayout
 
 REPO = Path(__file__).resolve().parents[2]

@@ -126,13 +126,34 @@ def test_ground_truth_of_another_size_is_refused(tmp_path, caplog):
     assert "is 3x3 but its image is 4x2" in caplog.text
 
 
-def test_existing_shards_are_kept_unless_overwrite(image_folder, tmp_path, caplog):
+def test_a_rerun_over_identical_shards_succeeds_without_writing(image_folder, tmp_path, caplog):
     out = tmp_path / "out"
-    assert main(["make-shards", str(image_folder), "--output", str(out)]) == 0
-    assert main(["make-shards", str(image_folder), "--output", str(out)]) == 2
-    assert "--overwrite" in caplog.text
-    assert main(["make-shards", str(image_folder), "--output", str(out), "--overwrite", "--maxcount", "1"]) == 0
-    assert len(list(out.glob("*.tar"))) == 3
+    assert main(["make-shards", str(image_folder), "--output", str(out), "--maxcount", "2"]) == 0
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    caplog.set_level("INFO")
+    assert main(["make-shards", str(image_folder), "--output", str(out), "--maxcount", "2"]) == 0
+    assert "already holds these 2 shard(s), byte for byte" in caplog.text
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("change", ["an image", "the shard size", "an extra shard"])
+def test_different_existing_shards_are_refused_unless_overwrite(image_folder, tmp_path, caplog, change):
+    out = tmp_path / "out"
+    assert main(["make-shards", str(image_folder), "--output", str(out), "--maxcount", "2"]) == 0
+    maxcount = "2"
+    if change == "an image":
+        save_image(image_folder / "b.jpg", size=(5, 3))
+    elif change == "the shard size":
+        maxcount = "3"
+    else:
+        (out / "shard-000002.tar").write_bytes((out / "shard-000001.tar").read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    caplog.clear()
+    assert main(["make-shards", str(image_folder), "--output", str(out), "--maxcount", maxcount]) == 2
+    assert "that are not the ones these images make" in caplog.text and "--overwrite" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert main(["make-shards", str(image_folder), "--output", str(out), "--maxcount", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"shard-00000{i}.tar" for i in range(3)]
 
 
 def test_bad_arguments_exit_2_with_a_message(tmp_path, caplog):

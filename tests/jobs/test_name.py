@@ -13,7 +13,7 @@ from emerdiff.clip import SegmentCLIP
 from emerdiff.naming import UNKNOWN, Vocabulary
 from emerdiff.tiny import TINY_CLIP_RESOLUTION
 from jobs.cli import main, run_module
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 from schemas.labels import LABELS_SCHEMA, decode_label_png, parse_file_metadata
 from schemas.reading import committed_data_files, iter_rows, read_job
 

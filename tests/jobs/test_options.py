@@ -78,3 +78,36 @@ def test_the_help_shows_each_default_once():
     text = " ".join(parser.format_help().split())
     assert "Embeddings per k-means update (default: 4096)." in text
     assert [f.name for f in dataclasses.fields(KMeansConfig) if "help" not in f.metadata] == []
+
+
+def _subcommand_actions(command):
+    parser = build_parser([command])
+    sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[command]
+    return [action for action in sub._actions if action.option_strings]
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_every_boolean_flag_takes_an_optional_value_and_numbers_name_their_kind(command):
+    for action in _subcommand_actions(command):
+        flag = action.option_strings[0]
+        # store_true would refuse "--flag false"; only --no- negations take no value.
+        assert not isinstance(action, argparse._StoreTrueAction), flag
+        if isinstance(action, argparse._StoreFalseAction):
+            assert flag.startswith("--no-"), flag
+        if action.type is float:
+            assert action.metavar != "N", f"{flag} takes a fraction, not a count"
+
+
+def test_allow_pickle_reads_like_the_other_boolean_flags():
+    args = build_parser(["label"]).parse_args
+    base = ["label", "--input", "x.tar", "--output", "out"]
+    assert args(base).allow_pickle is False
+    assert args([*base, "--allow-pickle"]).allow_pickle is True
+    assert args([*base, "--allow-pickle", "false"]).allow_pickle is False
+    assert args([*base, "--allow-pickle", "yes"]).allow_pickle is True
+
+
+def test_seconds_are_named_seconds():
+    metavars = {action.option_strings[0]: action.metavar for action in _subcommand_actions("label")}
+    assert metavars["--lease-wait"] == metavars["--lease-seconds"] == "SECONDS"
+    assert metavars["--cpus-per-actor"] == "CPUS"

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from jobs.cli import run_module
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 
 
 def test_writes_labels_overlay_and_json_for_a_real_photo(tiny_model, tmp_path, photos, capsys):
@@ -75,3 +75,34 @@ def test_classes_without_a_clip_model_is_a_usage_error(tiny_model, tmp_path, cap
     code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", str(tiny_model), "--classes", "cat"])
     assert code == ExitStatus.USAGE
     assert "both --clip-model and --classes" in capsys.readouterr().err
+
+
+def test_a_model_url_is_copied_into_the_model_cache_and_loaded_from_there(tiny_model, tmp_path, photos, s3_bucket,
+                                                                         s3_storage_options, monkeypatch):
+    import s3fs
+
+    s3fs.S3FileSystem(**s3_storage_options).put(str(tiny_model), f"{s3_bucket}/models/tiny", recursive=True)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMERDIFF_MODEL_CACHE", str(cache))
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(photos["coffee"]).save(photo)
+    code = run_module("jobs.segment", [
+        str(photo), "--out", str(tmp_path / "out"), "--model", f"{s3_bucket}/models/tiny",
+        "--storage-options", json.dumps(s3_storage_options),
+        "--device", "cpu", "--num-masks", "2", "--resolution", "128", "--feature-samples", "2"])
+    assert code == 0
+    (copy,) = cache.iterdir()
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(tiny_model) for p in tiny_model.rglob("*") if p.is_file())
+    labels = np.asarray(Image.open(tmp_path / "out" / "coffee.labels.png"))
+    assert labels.shape == photos["coffee"].shape[:2] and labels.max() < 2
+    assert json.loads((tmp_path / "out" / "coffee.json").read_text())["model"] == str(copy)
+
+
+def test_a_model_url_without_files_is_a_usage_error(tmp_path, s3_bucket, s3_storage_options, capsys):
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    code = run_module("jobs.segment", [str(photo), "--out", str(tmp_path), "--model", f"{s3_bucket}/models/none",
+                                       "--storage-options", json.dumps(s3_storage_options)])
+    assert code == 2
+    assert "holds no files; expected a diffusers folder" in capsys.readouterr().err

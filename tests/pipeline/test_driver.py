@@ -208,3 +208,23 @@ def test_an_output_of_schema_version_1_resumes_unchanged(tmp_path, make_job, mak
     assert (summary.skipped, summary.labelled, summary.exit_code) == (1, 1, 0)
     assert _keys(output) == Counter({"s00-000": 1, "s01-000": 1})
     assert read_job(str(output))["clip"] is None and read_job(str(output))["config_hash"] == record["config_hash"]
+
+
+def test_img2dataset_webdataset_output_is_valid_input(tmp_path, make_job, photo_jpegs, fast_segmenter):
+    # `img2dataset --output_format webdataset` writes NNNNN.tar holding <9-digit key>.jpg, .txt and
+    # .json per sample, with NNNNN.parquet and NNNNN_stats.json beside each tar.
+    folder = tmp_path / "img2dataset"
+    write_shards(str(folder), {
+        f"{shard:05d}.tar": [{"__key__": f"{shard:05d}{i:04d}", "jpg": photo_jpegs[i], "txt": b"a caption",
+                              "json": json.dumps({"url": "https://example.com/x.jpg", "width": 96}).encode()}
+                             for i in range(2)]
+        for shard in range(2)
+    })
+    for shard in range(2):
+        (folder / f"{shard:05d}.parquet").write_bytes(b"PAR1")  # stand-ins, which the glob below leaves out
+        (folder / f"{shard:05d}_stats.json").write_text("{}")
+    output = tmp_path / "out"
+    assert run_job(make_job([f"{folder}/*.tar"], output, executor="local"), segmenter=fast_segmenter).exit_code == 0
+    rows = [(row["key"], row["status"]) for row in iter_rows(str(output), columns=["key", "status"])]
+    assert rows == [("000000000", "ok"), ("000000001", "ok"), ("000010000", "ok"), ("000010001", "ok")]
+    assert [marker.shard for marker in read_markers(str(output))] == ["00000", "00001"]

@@ -12,7 +12,7 @@ from local_http import serving
 from label_helpers import tar_bytes, write_shards
 
 from jobs.cli import run_module
-from pipeline.tasks import ExitStatus
+from pipeline.exit_status import ExitStatus
 from schemas.layout import OutputLayout
 from schemas.shards import shard_name
 from schemas.reading import iter_rows, read_manifest

@@ -17,7 +17,8 @@ from label_helpers import write_shards
 from pipeline.driver import run_job
 from pipeline.lease import LeaseHeld, LeaseLost, LeaseRecord, OutputLease, read_lease
 from pipeline.labeler import ShardLabeler
-from pipeline.tasks import ExitStatus, ShardTask
+from pipeline.exit_status import ExitStatus
+from pipeline.tasks import ShardTask
 from pipeline.storage import create_exclusive
 from pipeline.writer import ParquetShardWriter
 from schemas.labels import labels_schema
