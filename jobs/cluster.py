@@ -3,8 +3,9 @@
 EmerDiff's segment ids are per image. This runs mini-batch k-means (torch, streaming over the data
 files, so the output need not fit in memory) and writes a class table folder:
 
-  segment_classes.parquet  key, segment_id, class for every segment of every ok row
-  centroids.npy            the class centres; clusters.json: what produced them
+  segment_classes.parquet  shard, row, key, segment_id, class for every segment of every ok row
+  classes.json             what produced it: source output, k-means options, class sizes
+  centroids.npy            the class centres
   ann_dir/<name>.png       with --png: label maps relabelled to classes (export png's names)
 
 Deterministic for a --seed. `emerdiff export --clusters DIR` exports with these classes.
