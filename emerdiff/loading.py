@@ -137,17 +137,17 @@ def _load_folder(location: str, source: str, dtype: torch.dtype, allow_pickle: b
             source=source,
         )
     except (OSError, ValueError, EnvironmentError) as error:
-        raise ModelLoadError(_folder_advice(source, error, allow_pickle)) from error
+        raise ModelLoadError(_load_advice(
+            "Stable Diffusion", source, error, allow_pickle,
+            "Pass a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), a .safetensors "
+            "single-file checkpoint, or a Hub id this machine can reach (HF_HUB_OFFLINE must be unset and the "
+            "model accepted on the Hub); `--model tiny` runs a random model as a plumbing check.")) from error
 
 
-def _folder_advice(source: str, error: Exception, allow_pickle: bool) -> str:
+def _load_advice(what: str, source: str, error: Exception, allow_pickle: bool, pass_instead: str) -> str:
+    """Why ``source`` did not load, what to pass instead, and the --allow-pickle hint when it applies."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    advice = (
-        f"Could not load Stable Diffusion from {source!r}: {text}\n"
-        "Pass a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), a .safetensors "
-        "single-file checkpoint, or a Hub id this machine can reach (HF_HUB_OFFLINE must be unset and the "
-        "model accepted on the Hub); `--model tiny` runs a random model as a plumbing check."
-    )
+    advice = f"Could not load {what} from {source!r}: {text}\n{pass_instead}"
     if not allow_pickle and "safetensors" in str(error).lower():
         advice += (
             "\nThis model seems to ship only pickle weights (.bin/.ckpt), which can run code when loaded; "
@@ -234,7 +234,10 @@ def _load_clip_folder(location: str, source: str, allow_pickle: bool) -> ClipPar
         tokenizer = AutoTokenizer.from_pretrained(location)
         mean, std = _clip_normalisation(location)
     except (OSError, ValueError, EnvironmentError) as error:
-        raise ModelLoadError(_clip_advice(source, error, allow_pickle)) from error
+        raise ModelLoadError(_load_advice(
+            "CLIP", source, error, allow_pickle,
+            "Pass a local transformers CLIP folder (config.json, weights, tokenizer files), a Hub id this machine "
+            "can reach (HF_HUB_OFFLINE must be unset), or 'tiny' for a random plumbing check.")) from error
     return ClipParts(model=model.eval(), tokenizer=tokenizer, image_mean=mean, image_std=std, source=source,
                      weights_sha256=weights_sha256({"clip": model}))
 
@@ -259,16 +262,3 @@ def _preprocessor_config(location: str) -> dict | None:
         return json.loads(Path(hf_hub_download(location, PREPROCESSOR_FILE)).read_text())
     except EntryNotFoundError:
         return None
-
-
-def _clip_advice(source: str, error: Exception, allow_pickle: bool) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    advice = (
-        f"Could not load CLIP from {source!r}: {text}\n"
-        "Pass a local transformers CLIP folder (config.json, weights, tokenizer files), a Hub id this machine can "
-        "reach (HF_HUB_OFFLINE must be unset), or 'tiny' for a random plumbing check."
-    )
-    if not allow_pickle and "safetensors" in str(error).lower():
-        advice += ("\nThis model seems to ship only pickle weights (.bin), which can run code when loaded; convert them "
-                   "to safetensors or, for a model you trust, pass allow_pickle=True (--allow-pickle).")
-    return advice
