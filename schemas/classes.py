@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from emerdiff.naming import MAX_CLASSES, UNKNOWN, name_key  # noqa: F401  (re-exported: the table's contract)
+from schemas.reading import ROW
 
 CLASS_TABLE_FILE = "segment_classes.parquet"
 SUMMARY_FILE = "classes.json"
@@ -77,6 +78,14 @@ class ClassTableWriter:
             "score": pa.array(scores, pa.float32()) if scores is not None else pa.nulls(len(classes), pa.float32()),
         }, schema=CLASS_TABLE_SCHEMA)
         self._writer.write_table(table, row_group_size=max(len(table), 1))
+
+    def write_batch(self, shard: str, batch: pa.RecordBatch, segments, classes: np.ndarray,
+                    scores: np.ndarray | None = None) -> None:
+        """The segments of a record batch read with ``ROW`` positions and keys (``segments`` is its
+        ``schemas.reading.flatten_segments``), with their classes and scores."""
+        self.write_shard(shard, rows=batch.column(ROW).to_numpy()[segments.row],
+                         keys=batch.column("key").take(segments.row).to_pylist(), segment_ids=segments.id,
+                         classes=classes, scores=scores)
 
     def close(self, kind: str, source: str, class_names: list[str] | None, **details) -> dict:
         """Finish the table and write ``classes.json``; returns what it records."""

@@ -20,7 +20,7 @@ from jobs.options import nested
 from jobs.tools.kmeans import KMeansConfig, MiniBatchKMeans
 from pipeline.config import option, output_option
 from schemas.classes import KIND_CLUSTERS, MAX_CLASSES, UNKNOWN, ClassTableWriter
-from schemas.reading import ROW, flatten_segments, iter_batches, iter_shards
+from schemas.reading import flatten_segments, iter_batches, iter_shards
 from schemas.urls import redact_url
 
 CENTROIDS_FILE = "centroids.npy"
@@ -81,9 +81,7 @@ def cluster_output(job: ClusterJob) -> dict:
                              desc="assigning classes", unit="shard", disable=None):
         segments = flatten_segments(batch)
         classes = model.predict(segments.embedding) if len(segments.id) else np.zeros(0, np.int64)
-        writer.write_shard(shard, rows=batch.column(ROW).to_numpy()[segments.row],
-                           keys=batch.column("key").take(segments.row).to_pylist(), segment_ids=segments.id,
-                           classes=classes)
+        writer.write_batch(shard, batch, segments, classes)
     buffer = io.BytesIO()
     np.save(buffer, model.centres.cpu().numpy())
     writer.fs.pipe_file(f"{writer.root}/{CENTROIDS_FILE}", buffer.getvalue())

@@ -324,8 +324,7 @@ class _Tally:
             where = f"sample {sample[1]!r} of {shard}"
             mine = segments.row == index
             lookups = {
-                DATASET: segment_lookup(segments.id[mine], clusters[mine]) if clusters is not None
-                else self.dataset_classes.lookup(shard, row) if self.dataset_classes is not None else None,
+                DATASET: self._dataset_lookup(shard, row, segments.id[mine], None if clusters is None else clusters[mine]),
                 BY_NAME: self.by_name.table.lookup(shard, row) if self.by_name is not None else None,
             }
             try:
@@ -334,6 +333,14 @@ class _Tally:
                 raise ValueError(f"{where}: {error}") from None
             scored += 1
         return scored
+
+    def _dataset_lookup(self, shard: str, row: int, ids: np.ndarray, clusters: np.ndarray | None) -> np.ndarray | None:
+        """The row's segment id -> dataset-hungarian class: from the k-means, the class table, or none."""
+        if clusters is not None:
+            return segment_lookup(ids, clusters)
+        if isinstance(self.dataset_classes, ClassTable):
+            return self.dataset_classes.lookup(shard, row)
+        return None
 
     def _clusters(self, segments) -> np.ndarray | None:
         """The k-means class of each segment of the batch, when dataset-hungarian clusters on its own."""

@@ -18,7 +18,7 @@ from emerdiff.naming import DEFAULT_TEMPLATES, Vocabulary, class_name_problems, 
 from pipeline.config import option, output_option
 from schemas.classes import KIND_NAMES, ClassTableWriter
 from schemas.labels import CLIP_EMBEDDING
-from schemas.reading import ROW, flatten_segments, iter_shards, read_job
+from schemas.reading import flatten_segments, iter_shards, read_job
 from schemas.urls import has_scheme, read_list_file, redact_url
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ def name_segments(config: NameConfig) -> dict:
         if not len(segments.id):  # a shard of error rows only
             continue
         classes, scores = vocabulary.assign(segments.clip_embedding, config.min_score)
-        writer.write_shard(shard, rows=batch.column(ROW).to_numpy()[segments.row],
-                           keys=batch.column("key").take(segments.row).to_pylist(), segment_ids=segments.id,
-                           classes=classes, scores=scores)
+        writer.write_batch(shard, batch, segments, classes, scores)
     return writer.close(KIND_NAMES, redact_url(config.output), list(names), templates=list(templates),
                         min_score=config.min_score, clip_model=recorded["clip_model"],
                         clip_weights_sha256=recorded.get("clip_weights_sha256"))
