@@ -18,6 +18,7 @@ _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 # In a list file, "#" after whitespace starts a comment, as in pip requirements files: URLs cannot
 # hold raw whitespace, so "a.tar # note" loses its note while "a.tar#frag" stays whole.
 _TRAILING_COMMENT = re.compile(r"\s+#.*")
+_REDACTED_QUERY = "REDACTED"  # what replaces a query string in URLs written to rows, markers and logs
 
 
 def has_scheme(url: str) -> bool:
@@ -71,8 +72,13 @@ def redact_url(url: str) -> str:
         return url
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "REDACTED" if parts.query else ""
+    query = _REDACTED_QUERY if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def lost_its_query(url: str) -> bool:
+    """True for a URL that ``redact_url`` stripped of its query string (a signed URL: unusable now)."""
+    return has_scheme(url) and urlsplit(url).query == _REDACTED_QUERY
 
 
 def redact_urls_in(text: str) -> str:

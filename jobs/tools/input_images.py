@@ -20,7 +20,7 @@ from pipeline.config import LabelJobConfig
 from pipeline.sources import SAMPLE_ERROR, ShardInfo, ShardReadError, ShardStream, shard_info
 from schemas.layout import OutputLayout
 from schemas.reading import load_markers, read_job
-from schemas.urls import is_pipe, options_for
+from schemas.urls import is_pipe, lost_its_query, options_for
 
 
 class InputShardError(ValueError):
@@ -92,7 +92,7 @@ class InputShard:
     def _open(self, position: int, key: str) -> Iterator[dict]:
         if is_pipe(self.url):
             raise self._error(position, key, "the input shard is a pipe: command, which is not run again here")
-        if "?REDACTED" in self.url:
+        if lost_its_query(self.url):
             raise self._error(position, key, "the input shard's URL was signed and is recorded without its signature")
         self._check_unchanged(position, key)
         return iter(ShardStream(self.url, self.storage_options))

@@ -356,6 +356,20 @@ def test_a_sample_that_is_not_the_rows_is_an_error_naming_shard_and_key(tmp_path
     assert not list((tmp_path / "wds").iterdir())
 
 
+@pytest.mark.parametrize(("input_url", "message"), [
+    ("https://example.com/shard-000000.tar?REDACTED", "was signed and is recorded without its signature"),
+    ("pipe:cat shard-000000.tar", "is a pipe: command, which is not run again here"),
+])
+def test_inputs_that_cannot_be_read_again_are_refused_pointing_to_no_images(tmp_path, caplog, input_url, message):
+    url = str(tmp_path / "out")
+    # The markers and rows record the input as labelling did; the job's own record needs no pipe here.
+    write_output(url, {"shard-000000": [("img0", segmentation([[0, 1]], {0: [1.0], 1: [0.5]}, num_masks=2))]},
+                 shard_urls={"shard-000000": input_url}, inputs=[str(tmp_path / "shard-000000.tar")])
+    assert main(["export", url, "--format", "png", "--out", str(tmp_path / "png")]) == 2
+    assert message in caplog.text and "--no-images" in caplog.text
+    assert main(["export", url, "--format", "png", "--out", str(tmp_path / "png"), "--no-images"]) == 0
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--format", "tiff"], "invalid choice: 'tiff'"),
     (["--format", "webdataset", "--maxcount", "0"], "maxcount must be"),
